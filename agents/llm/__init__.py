@@ -1,0 +1,1 @@
+"""LLMs: the protocol, the simulated model, and (with keys) the provider chain."""

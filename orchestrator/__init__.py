@@ -1,0 +1,1 @@
+"""The orchestrator: beat, fan-out, tick queue, workers, tick runner, reaper, bus, config, CLI."""

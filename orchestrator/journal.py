@@ -1,0 +1,118 @@
+"""The step journal: what a tick has done so far, and committing one step with its effects.
+
+A step's row, its LLM attempts, its effects (memory, messages, artifacts, the stack becoming
+`completed`) and its events commit in one transaction, after a fencing check that this attempt
+still holds the tick. A retried tick reads the journal and replays finished steps from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from agents.base import ArtifactView, MessageView, StackView
+from agents.team import StepResult
+from schema import tables as t
+from schema.events import STACK_UPDATED, STEP_FINISHED
+from schema.read import stack_patch
+
+from orchestrator.outbox import emit_many
+from orchestrator.queue import finalize, hold
+
+
+@dataclass(slots=True)
+class Journal:
+    stack: StackView
+    team: list[str] | None
+    execution_state: str
+    memory: dict[str, str]
+    messages: list[MessageView]
+    artifacts: list[ArtifactView]
+    done: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (agent, output)
+
+
+def load(conn: Connection, tick_id: int, stack_id: int, *, history: int = 5) -> Journal:
+    s = conn.execute(select(t.stacks).where(t.stacks.c.id == stack_id)).mappings().one()
+    mem = dict(conn.execute(select(t.memories.c.key, t.memories.c.value)
+                            .where(t.memories.c.stack_id == stack_id)).tuples().all())
+    msgs = [MessageView(a, b) for a, b in conn.execute(
+        select(t.messages.c.agent, t.messages.c.body).where(t.messages.c.stack_id == stack_id)
+        .order_by(t.messages.c.id.desc()).limit(history))]
+    arts = [ArtifactView(a, b) for a, b in conn.execute(
+        select(t.artifacts.c.title, t.artifacts.c.content)
+        .where(t.artifacts.c.stack_id == stack_id)
+        .order_by(t.artifacts.c.id.desc()).limit(history))]
+    done = {i: (a, o) for i, a, o in conn.execute(
+        select(t.steps.c.index, t.steps.c.agent, t.steps.c.output)
+        .where(t.steps.c.tick_id == tick_id, t.steps.c.status == "succeeded"))}
+    return Journal(StackView(s["id"], s["name"], s["goal"]),
+                   orjson.loads(s["team"]) if s["team"] else None, s["execution_state"],
+                   mem, msgs, arts, done)
+
+
+def _upsert_memory(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(t.memories)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["stack_id", "key"],
+        set_={"value": stmt.excluded.value, "tick_id": stmt.excluded.tick_id,
+              "updated_at": stmt.excluded.updated_at}), rows)
+
+
+def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, index: int,
+                result: StepResult, started_at: float, now: float, lease_s: float,
+                final: tuple[str, str | None] | None = None) -> bool:
+    """Journal one step; with `final` (status, reason), finalise the tick in the same
+    transaction. Returns False, writing nothing, when this attempt no longer holds the tick."""
+    if not hold(conn, tick_id, attempt, now, lease_s):
+        return False
+    output = result.output.model_dump(mode="json") if result.output is not None else None
+    step_id = conn.execute(insert(t.steps).values(
+        tick_id=tick_id, index=index, agent=result.agent, status=result.status,
+        attempt=attempt, started_at=started_at, finished_at=now,
+        prompt=orjson.dumps(result.prompt).decode(),
+        output=orjson.dumps(output).decode() if output is not None else None,
+        raw_output=result.raw_output, error=result.error,
+    ).returning(t.steps.c.id)).scalar_one()
+    if result.attempts:
+        conn.execute(insert(t.llm_attempts), [
+            {"step_id": step_id, "tick_id": tick_id, "seq": seq, "provider": a.provider,
+             "model": a.model, "status": a.status, "latency_ms": a.latency_ms,
+             "input_tokens": a.input_tokens, "output_tokens": a.output_tokens,
+             "cost_usd": a.cost_usd, "error": a.error, "retry_after_s": a.retry_after_s,
+             "started_at": a.started_at} for seq, a in enumerate(result.attempts)])
+    fx = result.effects
+    if fx.memory:
+        _upsert_memory(conn, [{"stack_id": stack_id, "key": k, "value": v, "tick_id": tick_id,
+                               "updated_at": now} for k, v in fx.memory.items()])
+    if fx.messages:
+        conn.execute(insert(t.messages), [
+            {"stack_id": stack_id, "tick_id": tick_id, "agent": result.agent, "body": body,
+             "created_at": now} for body in fx.messages])
+    if fx.artifacts:
+        conn.execute(insert(t.artifacts), [
+            {"stack_id": stack_id, "tick_id": tick_id, "agent": result.agent, "title": title,
+             "content": content, "created_at": now} for title, content in fx.artifacts])
+    events: list[Any] = [(STEP_FINISHED, stack_id, tick_id, {
+        "tick_id": tick_id, "stack_id": stack_id, "index": index, "agent": result.agent,
+        "status": result.status, "error": result.error,
+        "duration_ms": round((now - started_at) * 1000, 3),
+        "attempts": [{"provider": a.provider, "model": a.model, "status": a.status,
+                      "latency_ms": a.latency_ms} for a in result.attempts]})]
+    if fx.complete_stack:
+        row = conn.execute(update(t.stacks)
+                           .where(t.stacks.c.id == stack_id,
+                                  t.stacks.c.execution_state == "running")
+                           .values(execution_state="completed", updated_at=now,
+                                   pause_reason=None)
+                           .returning(*t.stacks.c)).mappings().first()
+        if row is not None:
+            events.append((STACK_UPDATED, stack_id, None, stack_patch(row)))
+    emit_many(conn, now, events)
+    if final is not None:
+        finalize(conn, tick_id, attempt, final[0], final[1], now)
+    return True

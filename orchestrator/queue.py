@@ -1,0 +1,213 @@
+"""The tick queue, in the database: fan-out, claim, heartbeat, finalise, reap.
+
+Every function here is one piece of a transaction on a Connection the caller opened with
+`Database.write()`, writes its events to the outbox last, and returns what it changed.
+The tick row is the queue entry: a tick is enqueued by inserting it, claimed by a
+compare-and-set from `queued` to `running` under a lease, and finalised by a compare-and-set
+on (status, attempt) — the attempt number is the fencing token a retried tick gets anew.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, exists, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from schema import tables as t
+from schema.db import touch
+from schema.events import TICK_FINISHED, TICK_QUEUED, TICK_STARTED, TOPIC_QUEUE
+from schema.read import tick_json
+
+from orchestrator.outbox import emit_many
+
+REASON_PREV_QUEUED = "previous tick still queued"
+REASON_PREV_RUNNING = "previous tick still running"
+REASON_PAUSED = "stack paused before the tick started"
+REASON_LEASE_RETRY = "lease expired; retrying"
+REASON_LEASE_FAILED = "lease expired; no attempts left"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    stack_id: int
+    slot: int | None
+    attempt: int
+    scheduled_at: float
+
+
+def _insert(conn: Connection) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(t.ticks)
+
+
+def fan_out(conn: Connection, slot: int, interval: int, now: float) -> tuple[int, int]:
+    """Insert one tick for `slot` for every due running stack, in one statement.
+
+    Insert-if-absent on (stack_id, slot): two beats firing the same slot insert one row.
+    A stack whose previous tick is still queued or running gets a `skipped` row instead.
+    Returns (queued, skipped).
+    """
+    fire = slot * interval
+    active = (select(t.ticks.c.status)
+              .where(t.ticks.c.stack_id == t.stacks.c.id, t.ticks.c.status.in_(t.ACTIVE))
+              .limit(1).scalar_subquery())
+    status = case((active.is_(None), literal("queued")), else_=literal("skipped"))
+    reason = case((active == "queued", literal(REASON_PREV_QUEUED)),
+                  (active == "running", literal(REASON_PREV_RUNNING)), else_=None)
+    source = (
+        select(t.stacks.c.id, literal(slot), literal(float(fire)), literal("beat"), status,
+               literal(1), reason, literal(now),
+               case((active.is_(None), None), else_=literal(now)))
+        .where(t.stacks.c.execution_state == "running",
+               literal(fire) % func.coalesce(t.stacks.c.interval_s, interval) == 0)
+        # Lock the stacks read (PostgreSQL): a pause waits for this fan-out to commit, then
+        # cancels what it queued. SQLite serialises writers already.
+        .with_for_update(read=True, of=t.stacks)
+    )
+    stmt = (_insert(conn)
+            .from_select(["stack_id", "slot", "scheduled_at", "trigger", "status", "attempt",
+                          "reason", "queued_at", "finished_at"], source)
+            .on_conflict_do_nothing()
+            .returning(*t.ticks.c))
+    rows = list(conn.execute(stmt).mappings())
+    queued = sum(1 for r in rows if r["status"] == "queued")
+    emit_many(conn, now, [(TICK_QUEUED if r["status"] == "queued" else TICK_FINISHED,
+                           r["stack_id"], r["id"], tick_json(r)) for r in rows])
+    if queued:
+        touch(conn, TOPIC_QUEUE)
+    return queued, len(rows) - queued
+
+
+def enqueue(conn: Connection, stack_id: int, slot: int | None, trigger: str,
+            scheduled_at: float, now: float) -> dict[str, Any] | None:
+    """Queue one tick for a stack now (its first tick, or one run by hand).
+
+    Returns the tick, or None when the stack already has a tick for that slot or one queued
+    or running (insert-if-absent on both unique constraints).
+    """
+    stmt = (_insert(conn)
+            .values(stack_id=stack_id, slot=slot, scheduled_at=scheduled_at, trigger=trigger,
+                    status="queued", attempt=1, queued_at=now)
+            .on_conflict_do_nothing()
+            .returning(*t.ticks.c))
+    row = conn.execute(stmt).mappings().first()
+    if row is None:
+        return None
+    emit_many(conn, now, [(TICK_QUEUED, stack_id, row["id"], tick_json(row))])
+    touch(conn, TOPIC_QUEUE)
+    return dict(row)
+
+
+def claim(conn: Connection, worker_id: str, limit: int, now: float, lease_s: float
+          ) -> list[Claimed]:
+    """Claim up to `limit` queued ticks of running stacks, oldest slot first, under a lease."""
+    if limit <= 0:
+        return []
+    pick = (select(t.ticks.c.id)
+            .join(t.stacks, t.stacks.c.id == t.ticks.c.stack_id)
+            .where(t.ticks.c.status == "queued", t.stacks.c.execution_state == "running")
+            .order_by(t.ticks.c.scheduled_at, t.ticks.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=t.ticks))
+    stmt = (update(t.ticks)
+            .where(t.ticks.c.id.in_(pick.scalar_subquery()), t.ticks.c.status == "queued")
+            .values(status="running", worker_id=worker_id, lease_expires_at=now + lease_s,
+                    started_at=func.coalesce(t.ticks.c.started_at, now))
+            .returning(*t.ticks.c))
+    rows = list(conn.execute(stmt).mappings())
+    emit_many(conn, now, [(TICK_STARTED, r["stack_id"], r["id"], tick_json(r)) for r in rows])
+    return [Claimed(r["id"], r["stack_id"], r["slot"], r["attempt"], r["scheduled_at"])
+            for r in rows]
+
+
+def heartbeat(conn: Connection, worker_id: str, held: Sequence[tuple[int, int]], now: float,
+              lease_s: float) -> set[int]:
+    """Extend the leases of (tick_id, attempt) this worker holds; returns the ids still held."""
+    if not held:
+        return set()
+    ids = [i for i, _ in held]
+    still = set(conn.execute(
+        update(t.ticks)
+        .where(t.ticks.c.id.in_(ids), t.ticks.c.status == "running",
+               t.ticks.c.worker_id == worker_id)
+        .values(lease_expires_at=now + lease_s)
+        .returning(t.ticks.c.id, t.ticks.c.attempt)).all())
+    return {i for i, a in held if (i, a) in still}
+
+
+def hold(conn: Connection, tick_id: int, attempt: int, now: float, lease_s: float) -> bool:
+    """The fencing check inside a step's transaction: is this attempt still the running one?
+    Extends the lease as it checks."""
+    res = conn.execute(update(t.ticks)
+                       .where(t.ticks.c.id == tick_id, t.ticks.c.status == "running",
+                              t.ticks.c.attempt == attempt)
+                       .values(lease_expires_at=now + lease_s))
+    return res.rowcount == 1
+
+
+def finalize(conn: Connection, tick_id: int, attempt: int, status: str, reason: str | None,
+             now: float) -> dict[str, Any] | None:
+    """Compare-and-set running → a terminal status, for this attempt only. Returns the tick,
+    or None when it was already finalised or its lease was lost (nothing is written)."""
+    row = conn.execute(
+        update(t.ticks)
+        .where(t.ticks.c.id == tick_id, t.ticks.c.status == "running",
+               t.ticks.c.attempt == attempt)
+        .values(status=status, reason=reason, finished_at=now, lease_expires_at=None)
+        .returning(*t.ticks.c)).mappings().first()
+    if row is None:
+        return None
+    emit_many(conn, now, [(TICK_FINISHED, row["stack_id"], tick_id, tick_json(row))])
+    return dict(row)
+
+
+def release(conn: Connection, worker_id: str, tick_ids: Sequence[int], now: float) -> None:
+    """A worker shutting down gives up its leases at once, so the reaper retries them now."""
+    if tick_ids:
+        conn.execute(update(t.ticks)
+                     .where(t.ticks.c.id.in_(tick_ids), t.ticks.c.status == "running",
+                            t.ticks.c.worker_id == worker_id)
+                     .values(lease_expires_at=now))
+
+
+def reap(conn: Connection, now: float, max_attempts: int) -> tuple[int, int, int]:
+    """Requeue (attempt + 1) or fail running ticks whose lease expired; cancel queued ticks of
+    stacks that are no longer running. Returns (requeued, failed, cancelled)."""
+    expired = and_(t.ticks.c.status == "running", t.ticks.c.lease_expires_at < now)
+    requeued = list(conn.execute(
+        update(t.ticks).where(expired, t.ticks.c.attempt < max_attempts)
+        .values(status="queued", attempt=t.ticks.c.attempt + 1, worker_id=None,
+                lease_expires_at=None, reason=REASON_LEASE_RETRY)
+        .returning(*t.ticks.c)).mappings())
+    failed = list(conn.execute(
+        update(t.ticks).where(expired)
+        .values(status="failed", finished_at=now, lease_expires_at=None,
+                reason=REASON_LEASE_FAILED)
+        .returning(*t.ticks.c)).mappings())
+    not_running = exists().where(t.stacks.c.id == t.ticks.c.stack_id,
+                                 t.stacks.c.execution_state != "running")
+    cancelled = cancel_queued(conn, now, not_running)
+    emit_many(conn, now,
+              [(TICK_QUEUED, r["stack_id"], r["id"], tick_json(r)) for r in requeued]
+              + [(TICK_FINISHED, r["stack_id"], r["id"], tick_json(r)) for r in failed])
+    if requeued:
+        touch(conn, TOPIC_QUEUE)
+    return len(requeued), len(failed), cancelled
+
+
+def cancel_queued(conn: Connection, now: float, where: Any, reason: str = REASON_PAUSED) -> int:
+    rows = list(conn.execute(
+        update(t.ticks).where(t.ticks.c.status == "queued", where)
+        .values(status="cancelled", finished_at=now, reason=reason)
+        .returning(*t.ticks.c)).mappings())
+    emit_many(conn, now, [(TICK_FINISHED, r["stack_id"], r["id"], tick_json(r)) for r in rows])
+    return len(rows)
+
+
+def queue_depth(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(t.ticks)
+                             .where(t.ticks.c.status == "queued")).scalar_one())
+

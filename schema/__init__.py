@@ -1,0 +1,1 @@
+"""The ground floor: tables, pydantic models, database setup, migrations and the Clock."""

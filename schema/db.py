@@ -1,0 +1,144 @@
+"""Database setup: one `Database` object per process, handed to whoever needs it.
+
+SQLite runs in WAL mode with a busy timeout; write transactions begin IMMEDIATE so two writers
+queue on the lock instead of failing on upgrade. PostgreSQL goes through the same code.
+Blocking database work runs on a small thread pool (`transact`, `query`) so the event loop
+that every tick shares never waits on the database; SQLite gets a single writer thread, which
+serialises this process's writes without lock contention.
+
+After a write transaction commits, the topics it touched (``conn.info["topics"]``) are handed
+to the commit listeners: this is how the in-process bus learns of new events and queued ticks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy import Connection, create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+CommitListener = Callable[[frozenset[str]], None]
+
+
+def normalise_url(url: str) -> str:
+    """Accept the URLs people write (postgres://, postgresql://) and pick our drivers."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def touch(conn: Connection, *topics: str) -> None:
+    """Mark the current transaction as touching `topics`; listeners hear of it after commit."""
+    conn.info.setdefault("topics", set()).update(topics)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 8, busy_timeout_ms: int = 10_000) -> None:
+        self.url = normalise_url(url)
+        parsed = make_url(self.url)
+        self.dialect = parsed.get_backend_name()
+        self._listeners: list[CommitListener] = []
+        if self.dialect == "sqlite":
+            self.engine = self._sqlite_engine(busy_timeout_ms)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="db-write")
+        else:
+            self.engine = create_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+            self._writer = ThreadPoolExecutor(pool_size, thread_name_prefix="db-write")
+        self._reader = ThreadPoolExecutor(min(pool_size, 4), thread_name_prefix="db-read")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def _sqlite_engine(self, busy_timeout_ms: int) -> Engine:
+        parsed = make_url(self.url)
+        memory = parsed.database in (None, "", ":memory:")
+        kwargs: dict[str, Any] = {
+            "connect_args": {"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+        }
+        if memory:
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(self.url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get("tickwork_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    # -- transactions -------------------------------------------------------------------
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_commit_listener(self, listener: CommitListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction; commits on success, rolls back on error."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(tickwork_write=True)
+            conn.info.pop("topics", None)
+            with conn.begin():
+                yield conn
+            topics = conn.info.pop("topics", None)
+        if topics:
+            frozen = frozenset(topics)
+            for listener in list(self._listeners):
+                listener(frozen)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # -- off the event loop -------------------------------------------------------------
+
+    async def transact(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args,
+                       **kwargs: P.kwargs) -> T:
+        """Run `fn(conn, ...)` in one write transaction on the writer pool."""
+        def work() -> T:
+            with self.write() as conn:
+                return fn(conn, *args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, work)
+
+    async def query(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args,
+                    **kwargs: P.kwargs) -> T:
+        """Run `fn(conn, ...)` in one read transaction on the reader pool."""
+        def work() -> T:
+            with self.read() as conn:
+                return fn(conn, *args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, work)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+        self.engine.dispose()

@@ -1,0 +1,169 @@
+"""Pydantic models of the API: what comes in (validated) and what goes out (DESIGN.md shapes)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ExecutionState = Literal["running", "paused", "completed", "failed"]
+TickStatus = Literal["queued", "running", "succeeded", "failed", "timed_out", "cancelled", "skipped"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "timed_out", "cancelled", "skipped"})
+StepStatus = Literal["running", "succeeded", "failed"]
+AttemptStatus = Literal[
+    "ok",
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "connection_error",
+    "bad_request",
+    "invalid_output",
+    "skipped_open_breaker",
+    "skipped_rate_limit",
+]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+AGENT_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,99}$")
+
+
+def ts(value: float | None) -> datetime | None:
+    """Seconds since the epoch to an aware UTC datetime (None stays None)."""
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class StackCreate(_In):
+    name: str = Field(min_length=1, max_length=200)
+    goal: str = Field(default="", max_length=4000)
+    interval_s: int | None = Field(default=None, ge=1, le=86_400)
+    team: list[str] | None = Field(default=None, min_length=1, max_length=20)
+    paused: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if _CONTROL.search(v):
+            raise ValueError("name must not contain control characters")
+        return v
+
+    @field_validator("team")
+    @classmethod
+    def _team(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for name in v:
+            if not AGENT_NAME.match(name):
+                raise ValueError(f"{name!r} is not an agent name (lowercase letters, digits, _ -)")
+        return v
+
+
+class PauseRequest(_In):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class TickSummary(_Out):
+    id: int
+    stack_id: int
+    slot: int | None
+    trigger: str
+    status: TickStatus
+    attempt: int
+    reason: str | None
+    queued_at: datetime
+    scheduled_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    lateness_ms: float | None
+    duration_ms: float | None
+
+
+class AttemptOut(_Out):
+    provider: str
+    model: str
+    status: AttemptStatus
+    latency_ms: float
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    error: str | None
+    retry_after_s: float | None
+
+
+class StepOut(_Out):
+    index: int
+    agent: str
+    status: StepStatus
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: float | None
+    prompt: list[dict[str, Any]] | None
+    output: dict[str, Any] | None
+    raw_output: str | None
+    error: str | None
+    attempts: list[AttemptOut]
+
+
+class TickDetail(TickSummary):
+    stack_name: str
+    steps: list[StepOut]
+
+
+class StackCounts(BaseModel):
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+
+
+class StackOut(_Out):
+    id: int
+    name: str
+    goal: str
+    execution_state: ExecutionState
+    interval_s: int
+    team: list[str]
+    pause_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_tick: TickSummary | None
+    counts: StackCounts
+
+
+class MemoryOut(_Out):
+    key: str
+    value: str
+    updated_at: datetime
+
+
+class MessageOut(_Out):
+    id: int
+    tick_id: int
+    agent: str
+    body: str
+    created_at: datetime
+
+
+class ArtifactOut(_Out):
+    id: int
+    tick_id: int
+    agent: str
+    title: str
+    content: str
+    created_at: datetime
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any = None

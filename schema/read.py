@@ -1,0 +1,172 @@
+"""Read models: rows to the API's shapes, and the queries the API and CLI share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, func, select
+
+from schema import tables as t
+from schema.models import (
+    ArtifactOut,
+    AttemptOut,
+    MemoryOut,
+    MessageOut,
+    StackCounts,
+    StackOut,
+    StepOut,
+    TickDetail,
+    TickSummary,
+    ts,
+)
+
+Row = Mapping[str, Any]
+
+
+def _ms(later: float | None, earlier: float | None) -> float | None:
+    if later is None or earlier is None:
+        return None
+    return round((later - earlier) * 1000, 3)
+
+
+def tick_summary(row: Row) -> TickSummary:
+    return TickSummary(
+        id=row["id"], stack_id=row["stack_id"], slot=row["slot"], trigger=row["trigger"],
+        status=row["status"], attempt=row["attempt"], reason=row["reason"],
+        queued_at=ts(row["queued_at"]), scheduled_at=ts(row["scheduled_at"]),
+        started_at=ts(row["started_at"]), finished_at=ts(row["finished_at"]),
+        lateness_ms=_ms(row["started_at"], row["scheduled_at"]),
+        duration_ms=_ms(row["finished_at"], row["started_at"]),
+    )
+
+
+def tick_json(row: Row) -> dict[str, Any]:
+    return tick_summary(row).model_dump(mode="json")
+
+
+def stack_out(row: Row, beat_interval: int, default_team: Sequence[str],
+              counts: StackCounts | None = None, last_tick: Row | None = None) -> StackOut:
+    return StackOut(
+        id=row["id"], name=row["name"], goal=row["goal"],
+        execution_state=row["execution_state"],
+        interval_s=row["interval_s"] or beat_interval,
+        team=orjson.loads(row["team"]) if row["team"] else list(default_team),
+        pause_reason=row["pause_reason"], created_at=ts(row["created_at"]),
+        updated_at=ts(row["updated_at"]),
+        last_tick=tick_summary(last_tick) if last_tick is not None else None,
+        counts=counts or StackCounts(),
+    )
+
+
+def _counts(conn: Connection, stack_ids: Sequence[int] | None) -> dict[int, StackCounts]:
+    q = select(t.ticks.c.stack_id, t.ticks.c.status, func.count()).group_by(
+        t.ticks.c.stack_id, t.ticks.c.status)
+    if stack_ids is not None:
+        q = q.where(t.ticks.c.stack_id.in_(stack_ids))
+    out: dict[int, StackCounts] = {}
+    for stack_id, status, n in conn.execute(q):
+        setattr(out.setdefault(stack_id, StackCounts()), status, n)
+    return out
+
+
+def _last_ticks(conn: Connection, stack_ids: Sequence[int] | None) -> dict[int, Row]:
+    latest = select(func.max(t.ticks.c.id)).group_by(t.ticks.c.stack_id)
+    if stack_ids is not None:
+        latest = latest.where(t.ticks.c.stack_id.in_(stack_ids))
+    rows = conn.execute(select(t.ticks).where(t.ticks.c.id.in_(latest.scalar_subquery())))
+    return {r["stack_id"]: r for r in rows.mappings()}
+
+
+def list_stacks(conn: Connection, beat_interval: int, default_team: Sequence[str],
+                ids: Sequence[int] | None = None) -> list[StackOut]:
+    q = select(t.stacks).where(t.stacks.c.deleted_at.is_(None)).order_by(t.stacks.c.id)
+    if ids is not None:
+        q = q.where(t.stacks.c.id.in_(ids))
+    rows = list(conn.execute(q).mappings())
+    wanted = [r["id"] for r in rows] if ids is not None else None
+    counts, last = _counts(conn, wanted), _last_ticks(conn, wanted)
+    return [stack_out(r, beat_interval, default_team, counts.get(r["id"]), last.get(r["id"]))
+            for r in rows]
+
+
+def get_stack(conn: Connection, stack_id: int, beat_interval: int,
+              default_team: Sequence[str]) -> StackOut | None:
+    found = list_stacks(conn, beat_interval, default_team, ids=[stack_id])
+    return found[0] if found else None
+
+
+def list_ticks(conn: Connection, stack_id: int, limit: int = 50) -> list[TickSummary]:
+    q = (select(t.ticks).where(t.ticks.c.stack_id == stack_id)
+         .order_by(t.ticks.c.id.desc()).limit(limit))
+    return [tick_summary(r) for r in conn.execute(q).mappings()]
+
+
+def get_tick(conn: Connection, tick_id: int, default_team: Sequence[str]) -> TickDetail | None:
+    row = conn.execute(select(t.ticks).where(t.ticks.c.id == tick_id)).mappings().first()
+    if row is None:
+        return None
+    stack = conn.execute(select(t.stacks.c.name, t.stacks.c.team)
+                         .where(t.stacks.c.id == row["stack_id"])).one()
+    attempts: dict[int, list[AttemptOut]] = {}
+    for a in conn.execute(select(t.llm_attempts).where(t.llm_attempts.c.tick_id == tick_id)
+                          .order_by(t.llm_attempts.c.step_id, t.llm_attempts.c.seq)).mappings():
+        attempts.setdefault(a["step_id"], []).append(AttemptOut.model_validate(a))
+    steps = [
+        StepOut(index=s["index"], agent=s["agent"], status=s["status"],
+                started_at=ts(s["started_at"]), finished_at=ts(s["finished_at"]),
+                duration_ms=_ms(s["finished_at"], s["started_at"]),
+                prompt=orjson.loads(s["prompt"]) if s["prompt"] else None,
+                output=orjson.loads(s["output"]) if s["output"] else None,
+                raw_output=s["raw_output"], error=s["error"], attempts=attempts.get(s["id"], []))
+        for s in conn.execute(select(t.steps).where(t.steps.c.tick_id == tick_id)
+                              .order_by(t.steps.c.index)).mappings()
+    ]
+    if row["status"] == "running":  # the step under way has no journal row yet
+        team = orjson.loads(stack.team) if stack.team else list(default_team)
+        nxt = len(steps)
+        if nxt < len(team):
+            since = steps[-1].finished_at if steps else ts(row["started_at"])
+            steps.append(StepOut(index=nxt, agent=team[nxt], status="running", started_at=since,
+                                 finished_at=None, duration_ms=None, prompt=None, output=None,
+                                 raw_output=None, error=None, attempts=[]))
+    return TickDetail(**tick_summary(row).model_dump(), stack_name=stack.name, steps=steps)
+
+
+def memory(conn: Connection, stack_id: int) -> list[MemoryOut]:
+    q = select(t.memories).where(t.memories.c.stack_id == stack_id).order_by(t.memories.c.key)
+    return [MemoryOut(key=r["key"], value=r["value"], updated_at=ts(r["updated_at"]))
+            for r in conn.execute(q).mappings()]
+
+
+def messages(conn: Connection, stack_id: int, limit: int = 50) -> list[MessageOut]:
+    q = (select(t.messages).where(t.messages.c.stack_id == stack_id)
+         .order_by(t.messages.c.id.desc()).limit(limit))
+    return [MessageOut(id=r["id"], tick_id=r["tick_id"], agent=r["agent"], body=r["body"],
+                       created_at=ts(r["created_at"])) for r in conn.execute(q).mappings()]
+
+
+def artifacts(conn: Connection, stack_id: int, limit: int = 20) -> list[ArtifactOut]:
+    q = (select(t.artifacts).where(t.artifacts.c.stack_id == stack_id)
+         .order_by(t.artifacts.c.id.desc()).limit(limit))
+    return [ArtifactOut(id=r["id"], tick_id=r["tick_id"], agent=r["agent"], title=r["title"],
+                        content=r["content"], created_at=ts(r["created_at"]))
+            for r in conn.execute(q).mappings()]
+
+
+def events_after(conn: Connection, after_id: int, limit: int = 500) -> list[Row]:
+    q = (select(t.events).where(t.events.c.id > after_id).order_by(t.events.c.id).limit(limit))
+    return list(conn.execute(q).mappings())
+
+
+def last_event_id(conn: Connection) -> int:
+    return int(conn.execute(select(func.coalesce(func.max(t.events.c.id), 0))).scalar_one())
+
+
+def stack_patch(row: Row) -> dict[str, Any]:
+    """What a stack.updated event carries: the stack's own fields, without the tick counts."""
+    return {"id": row["id"], "name": row["name"], "goal": row["goal"],
+            "execution_state": row["execution_state"], "pause_reason": row["pause_reason"],
+            "interval_s": row["interval_s"], "updated_at": ts(row["updated_at"]).isoformat(),
+            "deleted": row["deleted_at"] is not None}
