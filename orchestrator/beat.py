@@ -65,6 +65,7 @@ class BeatScheduler:
         self.beat = beat
         self._clock = clock
         self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self._started = False
 
     async def _fire(self) -> None:
         try:
@@ -84,7 +85,10 @@ class BeatScheduler:
             replace_existing=True,
         )
         self.scheduler.start()
+        self._started = True
 
     def shutdown(self) -> None:
-        if self.scheduler.running:
+        """Stop firing (idempotent: APScheduler's asyncio shutdown completes on the loop)."""
+        if self._started:
+            self._started = False
             self.scheduler.shutdown(wait=False)

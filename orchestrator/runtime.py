@@ -90,9 +90,12 @@ class Runtime:
             self._scheduler = BeatScheduler(self.beat, self.clock)
             self._scheduler.start()
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    def stop_beat(self) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self.stop_beat()
         await self.worker.drain(grace_s)
         for task in self._tasks:
             task.cancel()

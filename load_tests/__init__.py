@@ -1,0 +1,1 @@
+"""Load tests: N stacks in one process for a while, measured (never run as unit tests)."""

@@ -1,0 +1,128 @@
+"""One load-test step: N running stacks in one tickwork process for a given time.
+
+Runs the real runtime (APScheduler beat, fan-out, worker, runner, journal) on a fresh SQLite
+file with the in-process simulated model, then reads the figures back from the database:
+ticks expected and started per fired slot, beat lateness (tick start − slot), tick duration,
+and the orchestrator's CPU per tick (process CPU over each beat interval divided by the ticks
+started in it; the simulated model runs in-process and its small cost is included).
+
+    python -m load_tests.engine --stacks 100 --duration 60 [--latency 1500,3000] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from load_tests.stats import median, summary
+from orchestrator.config import Settings
+from orchestrator.runtime import Runtime
+from schema import tables as t
+
+
+def _seed_stacks(rt: Runtime, n: int) -> None:
+    now = rt.clock.now()
+    with rt.db.write() as conn:
+        conn.execute(insert(t.stacks), [
+            {"name": f"load-{i:05d}", "goal": f"load test stack {i}", "execution_state": "running",
+             "created_at": now, "updated_at": now} for i in range(n)])
+
+
+async def _run(stacks: int, duration: float, latency: str, interval: int, db_url: str,
+               progress: bool) -> dict[str, Any]:
+    settings = Settings(_env_file=None, database_url=db_url, tick_interval=interval,  # type: ignore[call-arg]
+                        sim_latency_ms=latency, max_concurrent_ticks=max(1000, 2 * stacks),
+                        admin_token="load-test")
+    rt = Runtime.build(settings)
+    _seed_stacks(rt, stacks)
+    samples: list[tuple[float, float]] = []  # (wall, process cpu) at each fire
+    fire = rt.beat.fire
+
+    async def sampled_fire() -> Any:
+        samples.append((time.time(), time.process_time()))
+        return await fire()
+
+    rt.beat.fire = sampled_fire  # type: ignore[method-assign]
+    await rt.start()
+    began = time.time()
+    while (left := began + duration - time.time()) > 0:
+        await asyncio.sleep(min(left, 1.0))
+        if progress:
+            print(f"\r  {stacks} stacks: {time.time() - began:5.0f}/{duration:.0f} s, "
+                  f"{rt.worker.running} ticks running", end="", file=sys.stderr, flush=True)
+    rt.stop_beat()
+    drain_from = time.time()
+    while rt.worker.running and time.time() - drain_from < 120:
+        await asyncio.sleep(0.2)
+    end_cpu = time.process_time()
+    await rt.stop()
+    if progress:
+        print(file=sys.stderr)
+    with rt.db.read() as conn:
+        rows = list(conn.execute(select(
+            t.ticks.c.slot, t.ticks.c.status, t.ticks.c.scheduled_at, t.ticks.c.started_at,
+            t.ticks.c.finished_at).where(t.ticks.c.trigger == "beat")))
+    rt.close()
+    slots = sorted({r.slot for r in rows})
+    started = [r for r in rows if r.started_at is not None]
+    by_slot: dict[int, int] = {}
+    for r in started:
+        by_slot[r.slot] = by_slot.get(r.slot, 0) + 1
+    # CPU per tick for each beat interval: CPU between two fires / ticks started by the first.
+    cpu_per_tick = []
+    fires = [*samples, (time.time(), end_cpu)]
+    for (_, cpu0), (_, cpu1), slot in zip(fires, fires[1:], slots, strict=False):
+        if by_slot.get(slot):
+            cpu_per_tick.append((cpu1 - cpu0) * 1000 / by_slot[slot])
+    lateness = [(r.started_at - r.scheduled_at) * 1000 for r in started]
+    durations = [(r.finished_at - r.started_at) * 1000 for r in started if r.finished_at]
+    count = {s: sum(1 for r in rows if r.status == s) for s in ("succeeded", "skipped", "failed")}
+    return {
+        "llm": "inprocess", "stacks": stacks, "duration_s": duration, "interval_s": interval,
+        "sim_latency_ms": latency, "slots": len(slots),
+        "ticks_expected": stacks * len(slots), "ticks_started": len(started),
+        "ticks_succeeded": count["succeeded"], "ticks_skipped": count["skipped"],
+        "ticks_failed": count["failed"],
+        "started_share": len(started) / (stacks * len(slots)) if slots else 0.0,
+        "lateness_ms": summary(lateness), "tick_duration_ms": summary(durations),
+        "cpu_ms_per_tick": median(cpu_per_tick), "cpu_ms_per_tick_by_interval": cpu_per_tick,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_step(stacks: int, duration: float, latency: str = "1500,3000", interval: int = 10,
+             progress: bool = True) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="tickwork-load-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'load.db'}"
+        return asyncio.run(_run(stacks, duration, latency, interval, url, progress))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stacks", type=int, required=True)
+    parser.add_argument("--duration", type=float, default=60)
+    parser.add_argument("--latency", default="1500,3000", help="simulated MEDIAN[,P99] ms")
+    parser.add_argument("--interval", type=int, default=10)
+    parser.add_argument("--json", help="write the figures here ('-' for stdout)")
+    args = parser.parse_args()
+    result = run_step(args.stacks, args.duration, args.latency, args.interval)
+    text = json.dumps(result, indent=2)
+    if args.json == "-":
+        print(text)
+    elif args.json:
+        Path(args.json).write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
