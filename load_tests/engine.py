@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import insert, select
 
 from load_tests.stats import median, summary
@@ -41,7 +42,7 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
                progress: bool) -> dict[str, Any]:
     settings = Settings(_env_file=None, database_url=db_url, tick_interval=interval,  # type: ignore[call-arg]
                         sim_latency_ms=latency, max_concurrent_ticks=max(1000, 2 * stacks),
-                        admin_token="load-test")
+                        admin_token=SecretStr("load-test"))
     rt = Runtime.build(settings)
     _seed_stacks(rt, stacks)
     samples: list[tuple[float, float]] = []  # (wall, process cpu) at each fire

@@ -15,11 +15,10 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from schema.clock import Clock
-from schema.db import Database
-
 from orchestrator import queue
 from orchestrator.slots import next_fire, slots_to_fire
+from schema.clock import Clock
+from schema.db import Database
 
 log = logging.getLogger("tickwork.beat")
 

@@ -16,12 +16,11 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, exists, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from orchestrator.outbox import emit_many
 from schema import tables as t
 from schema.db import touch
 from schema.events import TICK_FINISHED, TICK_QUEUED, TICK_STARTED, TOPIC_QUEUE
 from schema.read import tick_json
-
-from orchestrator.outbox import emit_many
 
 REASON_PREV_QUEUED = "previous tick still queued"
 REASON_PREV_RUNNING = "previous tick still running"

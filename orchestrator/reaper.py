@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from orchestrator import queue
 from schema.clock import Clock
 from schema.db import Database
-
-from orchestrator import queue
 
 log = logging.getLogger("tickwork.reaper")
 

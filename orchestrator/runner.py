@@ -15,11 +15,10 @@ from agents.base import Agent, TickContext
 from agents.llm.base import LLM
 from agents.registry import AgentRegistry, UnknownAgent
 from agents.team import run_step
-from schema.clock import Clock
-from schema.db import Database
-
 from orchestrator import journal, queue, stacks
 from orchestrator.queue import Claimed
+from schema.clock import Clock
+from schema.db import Database
 
 log = logging.getLogger("tickwork.runner")
 

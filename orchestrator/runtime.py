@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 from agents.llm.base import LLM
 from agents.llm.sim import SimulatedLLM
 from agents.registry import AgentRegistry
-from schema.clock import Clock, SystemClock
-from schema.db import Database
-from schema.migrate import upgrade
-
 from orchestrator.beat import Beat, BeatScheduler
 from orchestrator.bus import InProcessBus
 from orchestrator.config import Settings
 from orchestrator.reaper import Reaper
 from orchestrator.runner import TickRunner
 from orchestrator.worker import Worker, WorkerConfig
+from schema.clock import Clock, SystemClock
+from schema.db import Database
+from schema.migrate import upgrade
 
 log = logging.getLogger("tickwork")
 

@@ -13,14 +13,13 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from schema.clock import Clock
-from schema.db import Database
-from schema.events import TOPIC_QUEUE
-
 from orchestrator import queue
 from orchestrator.interfaces import Bus
 from orchestrator.queue import Claimed
 from orchestrator.runner import LeaseLost, TickRunner
+from schema.clock import Clock
+from schema.db import Database
+from schema.events import TOPIC_QUEUE
 
 log = logging.getLogger("tickwork.worker")
 

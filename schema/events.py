@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-EventKind = Literal["stack.updated", "tick.queued", "tick.started", "step.finished", "tick.finished"]
+EventKind = Literal[
+    "stack.updated", "tick.queued", "tick.started", "step.finished", "tick.finished"
+]
 
 STACK_UPDATED: EventKind = "stack.updated"
 TICK_QUEUED: EventKind = "tick.queued"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ExecutionState = Literal["running", "paused", "completed", "failed"]
-TickStatus = Literal["queued", "running", "succeeded", "failed", "timed_out", "cancelled", "skipped"]
+TickStatus = Literal[
+    "queued", "running", "succeeded", "failed", "timed_out", "cancelled", "skipped"
+]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "timed_out", "cancelled", "skipped"})
 StepStatus = Literal["running", "succeeded", "failed"]
 AttemptStatus = Literal[
@@ -26,6 +28,14 @@ AttemptStatus = Literal[
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 AGENT_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,99}$")
+
+
+@overload
+def ts(value: float) -> datetime: ...
+@overload
+def ts(value: None) -> None: ...
+@overload
+def ts(value: float | None) -> datetime | None: ...
 
 
 def ts(value: float | None) -> datetime | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -22,7 +23,7 @@ from schema.models import (
     ts,
 )
 
-Row = Mapping[str, Any]
+Row = Mapping[Any, Any]
 
 
 def _ms(later: float | None, earlier: float | None) -> float | None:
@@ -168,5 +169,6 @@ def stack_patch(row: Row) -> dict[str, Any]:
     """What a stack.updated event carries: the stack's own fields, without the tick counts."""
     return {"id": row["id"], "name": row["name"], "goal": row["goal"],
             "execution_state": row["execution_state"], "pause_reason": row["pause_reason"],
-            "interval_s": row["interval_s"], "updated_at": ts(row["updated_at"]).isoformat(),
+            "interval_s": row["interval_s"],
+            "updated_at": datetime.fromtimestamp(row["updated_at"], UTC).isoformat(),
             "deleted": row["deleted_at"] is not None}

@@ -82,8 +82,8 @@ def _from_schema(node: dict[str, Any], root: dict[str, Any], rng: random.Random)
         low = int(node.get("minimum", 0))
         return rng.randint(low, int(node.get("maximum", low + 10)))
     if kind == "number":
-        low = float(node.get("minimum", 0.0))
-        return round(rng.uniform(low, float(node.get("maximum", low + 1.0))), 3)
+        bottom = float(node.get("minimum", 0.0))
+        return round(rng.uniform(bottom, float(node.get("maximum", bottom + 1.0))), 3)
     if kind == "boolean":
         return False
     text = f"[simulated] {rng.choice(_VERBS).lower()} {rng.choice(_THINGS)}"
