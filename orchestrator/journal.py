@@ -16,12 +16,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from agents.base import ArtifactView, MessageView, StackView
 from agents.team import StepResult
+from orchestrator.outbox import emit_many
+from orchestrator.queue import finalize, hold
 from schema import tables as t
 from schema.events import STACK_UPDATED, STEP_FINISHED
 from schema.read import stack_patch
-
-from orchestrator.outbox import emit_many
-from orchestrator.queue import finalize, hold
 
 
 @dataclass(slots=True)
@@ -37,8 +36,8 @@ class Journal:
 
 def load(conn: Connection, tick_id: int, stack_id: int, *, history: int = 5) -> Journal:
     s = conn.execute(select(t.stacks).where(t.stacks.c.id == stack_id)).mappings().one()
-    mem = dict(conn.execute(select(t.memories.c.key, t.memories.c.value)
-                            .where(t.memories.c.stack_id == stack_id)).tuples().all())
+    mem = {k: v for k, v in conn.execute(select(t.memories.c.key, t.memories.c.value)
+                                         .where(t.memories.c.stack_id == stack_id))}
     msgs = [MessageView(a, b) for a, b in conn.execute(
         select(t.messages.c.agent, t.messages.c.body).where(t.messages.c.stack_id == stack_id)
         .order_by(t.messages.c.id.desc()).limit(history))]

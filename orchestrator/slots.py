@@ -32,7 +32,9 @@ def slots_to_fire(last_fired: int | None, now: float, interval: int, catchup: in
     """The slots a fire at `now` fans out: the current one, plus up to `catchup` slots missed
     since the last fire (a late or stalled beat), oldest first."""
     current = slot_of(now, interval)
-    if last_fired is None or last_fired >= current:
-        return [] if last_fired == current else [current]
+    if last_fired is None:
+        return [current]
+    if last_fired >= current:  # fired already (or the clock stepped back): nothing new
+        return []
     first = max(last_fired + 1, current - catchup)
     return list(range(first, current + 1))

@@ -14,15 +14,14 @@ import orjson
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from orchestrator.errors import Conflict, Invalid, NotFound
+from orchestrator.outbox import emit_many
+from orchestrator.queue import REASON_PAUSED, cancel_queued, enqueue
+from orchestrator.slots import slot_of
 from schema import tables as t
 from schema.events import STACK_UPDATED
 from schema.models import StackCreate
 from schema.read import stack_patch
-
-from orchestrator.errors import Conflict, Invalid, NotFound
-from orchestrator.outbox import emit_many
-from orchestrator.queue import cancel_queued, enqueue
-from orchestrator.slots import slot_of
 
 REASON_DELETED = "stack deleted before the tick started"
 
@@ -69,13 +68,22 @@ def create(conn: Connection, spec: StackCreate, *, beat_interval: int, now: floa
 
 
 def _set_state(conn: Connection, ids: list[int], state: str, reason: str | None, now: float,
-               **extra: Any) -> list[dict[str, Any]]:
+               *, cancel: str | None = None, **extra: Any) -> list[dict[str, Any]]:
+    """Set the stacks' state; with `cancel`, cancel their queued ticks with that reason.
+
+    Row locks come before the outbox lock (taken by the first event written): the stacks,
+    then their queued ticks, then the events. A claim locks a tick, then writes its event;
+    cancelling after writing the stack's event would wait for that tick while holding the
+    outbox lock the claim waits for — a deadlock on PostgreSQL.
+    """
     if not ids:
         return []
     rows = [dict(r) for r in conn.execute(
         update(t.stacks).where(t.stacks.c.id.in_(ids))
         .values(execution_state=state, pause_reason=reason, updated_at=now, **extra)
         .returning(*t.stacks.c)).mappings()]
+    if cancel is not None:
+        cancel_queued(conn, now, t.ticks.c.stack_id.in_(ids), reason=cancel)
     emit_many(conn, now, [(STACK_UPDATED, r["id"], None, stack_patch(r)) for r in rows])
     return rows
 
@@ -89,8 +97,7 @@ def pause(conn: Connection, stack_id: int, reason: str | None, now: float) -> di
 
 
 def pause_many(conn: Connection, ids: list[int], reason: str | None, now: float) -> int:
-    rows = _set_state(conn, ids, "paused", reason or "paused", now)
-    cancel_queued(conn, now, t.ticks.c.stack_id.in_(ids))
+    rows = _set_state(conn, ids, "paused", reason or "paused", now, cancel=REASON_PAUSED)
     return len(rows)
 
 
@@ -118,8 +125,8 @@ def play_all(conn: Connection, *, beat_interval: int, now: float) -> int:
 
 def delete(conn: Connection, stack_id: int, now: float) -> None:
     _live(conn, stack_id)
-    _set_state(conn, [stack_id], "paused", "deleted", now, deleted_at=now)
-    cancel_queued(conn, now, t.ticks.c.stack_id == stack_id, reason=REASON_DELETED)
+    _set_state(conn, [stack_id], "paused", "deleted", now, cancel=REASON_DELETED,
+               deleted_at=now)
 
 
 def fail(conn: Connection, stack_id: int, reason: str, now: float) -> None:

@@ -110,8 +110,8 @@ class Worker:
                 except Exception:
                     log.exception("claim failed; retrying")
                     claimed = []
-                if claimed and len(self._running) < self._cfg.max_concurrent:
-                    continue  # there may be more queued
+                if len(claimed) == self._cfg.claim_batch:
+                    continue  # a full batch: there may be more queued
                 if len(self._running) >= self._cfg.max_concurrent:
                     self._capacity_freed.clear()
                     await self._capacity_freed.wait()
