@@ -1,0 +1,112 @@
+"""The `tickwork` command line: the composition root of every process.
+
+    tickwork up | beat | worker | dashboard     run the system, or one of its roles
+    tickwork db upgrade                         migrate the database to the latest revision
+    tickwork stacks ... / tickwork ticks ...    manage stacks and inspect ticks
+
+Settings come from the environment (TICKWORK_*, and `.env`); the admin commands write straight
+to the database at TICKWORK_DATABASE_URL. `main()` configures logging once: TICKWORK_LOG_LEVEL,
+by default INFO for the long-running roles and WARNING for the short commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from orchestrator import cli_serve, cli_stacks, cli_ticks
+from orchestrator.cli_common import console, load_settings, mask_url, open_database
+from schema.migrate import current, head
+
+app = typer.Typer(
+    name="tickwork",
+    help="Run many autonomous LLM agent teams (stacks) on a fixed cadence.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(cli_stacks.app, name="stacks")
+app.add_typer(cli_ticks.app, name="ticks")
+
+LONG_RUNNING = frozenset({"up", "beat", "worker", "dashboard"})
+
+Host = Annotated[str, typer.Option("--host", help="Address to listen on.")]
+Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")]
+Interval = Annotated[int | None, typer.Option(
+    "--interval", min=1, max=86_400,
+    help="The beat, seconds (overrides TICKWORK_TICK_INTERVAL; give the same value to the "
+         "other commands through TICKWORK_TICK_INTERVAL).")]
+
+
+@app.command()
+def up(host: Host = "127.0.0.1", port: Port = 8000, interval: Interval = None) -> None:
+    """Everything in one process: beat, workers and the dashboard."""
+    cli_serve.serve(cli_serve.UP, load_settings(tick_interval=interval), host, port)
+
+
+@app.command()
+def beat(interval: Interval = None) -> None:
+    """The beat alone: fans out one tick per due stack every interval."""
+    cli_serve.serve(cli_serve.BEAT, load_settings(tick_interval=interval))
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", "-c", min=1,
+        help="Most ticks run at once (overrides TICKWORK_MAX_CONCURRENT_TICKS).")] = None,
+) -> None:
+    """A worker alone: claims queued ticks and runs them (with the reaper)."""
+    cli_serve.serve(cli_serve.WORKER, load_settings(max_concurrent_ticks=concurrency))
+
+
+@app.command()
+def dashboard(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+    """The web dashboard and JSON API alone (no beat, no workers)."""
+    cli_serve.serve(cli_serve.DASHBOARD, load_settings(), host, port)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to the latest revision (safe to run at any time)."""
+    settings = load_settings()
+    with open_database(settings) as db:
+        revision = current(db)
+    note = " (latest)" if revision == head() else ""
+    console.print(Text(f"database {mask_url(settings.database_url)} is at revision "
+                       f"{revision}{note}"), soft_wrap=True)
+
+
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def configure_logging(command: str | None) -> None:
+    default = "INFO" if command in LONG_RUNNING else "WARNING"
+    name = os.environ.get("TICKWORK_LOG_LEVEL", default).strip().upper() or default
+    level = logging.getLevelNamesMapping().get(name)
+    logging.basicConfig(
+        level=level if level is not None else default,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level is None:
+        logging.getLogger("tickwork").warning(
+            "TICKWORK_LOG_LEVEL=%r is not a log level; using %s", name, default)
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+
+
+def main() -> None:
+    configure_logging(_command(sys.argv[1:]))
+    try:
+        app(prog_name="tickwork")
+    except KeyboardInterrupt:
+        sys.exit(130)

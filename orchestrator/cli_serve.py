@@ -1,0 +1,218 @@
+"""The long-running commands: `up` (everything), `beat`, `worker` and `dashboard`.
+
+Each builds one Runtime and runs the parts its role names in one asyncio loop; the HTTP roles
+serve the dashboard app with uvicorn in that same loop. SIGINT and SIGTERM stop the process
+cleanly: the HTTP server closes, running ticks get a grace period, the database is closed, and
+the exit code is 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from alembic.util.exc import CommandError
+from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
+
+from agents.registry import AgentRegistry
+from orchestrator.cli_common import console, database_message, fail, mask_url, open_database
+from orchestrator.config import Settings
+from orchestrator.runtime import Runtime
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("tickwork")
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HTTP_GRACE_S = 3.0  # open requests (event streams included) get this long to finish
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    name: str
+    summary: str
+    beat: bool
+    worker: bool
+    http: bool
+
+
+UP = Role("up", "everything in one process", beat=True, worker=True, http=True)
+BEAT = Role("beat", "the beat: fans out one tick per due stack", beat=True, worker=False,
+            http=False)
+WORKER = Role("worker", "runs queued ticks", beat=False, worker=True, http=False)
+DASHBOARD = Role("dashboard", "the web dashboard and JSON API", beat=False, worker=False,
+                 http=True)
+
+
+# -- listening ----------------------------------------------------------------------------
+
+
+def url_for(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket up front, so a port in use is reported before anything runs."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        fail(f"cannot resolve the host {host!r}: {exc.strerror}")
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"port {port} on {host} is already in use (another tickwork?); "
+                 "choose another with --port")
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    return sock
+
+
+# -- signals ------------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its own signal handling: the process owns the signals, and
+    (unlike uvicorn's) does not re-raise them after a clean shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Shutdown:
+    """Turns SIGINT/SIGTERM into a stop request for the loop (and the HTTP server)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.requested = asyncio.Event()
+        self.server: uvicorn.Server | None = None
+        self.signals = 0
+
+    def handle(self, sig: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            log.info("stopping (%s)", signal.Signals(sig).name)
+        if self.server is not None:
+            self.server.handle_exit(sig, frame)
+        self._loop.call_soon_threadsafe(self.requested.set)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def _runtime(settings: Settings) -> Runtime:
+    try:
+        registry = AgentRegistry.default(settings.agent_paths)
+    except Exception as exc:
+        fail(f"cannot load the agents (TICKWORK_AGENTS or a tickwork.agents plugin): {exc}")
+    with open_database(settings):  # migrate, and report an unreachable database plainly
+        pass
+    try:
+        return Runtime.build(settings, migrate=False, registry=registry)
+    except (SQLAlchemyError, CommandError) as exc:
+        fail(database_message(settings.database_url, exc))
+
+
+def _app(rt: Runtime) -> FastAPI:
+    try:
+        from dashboard.api import create_app
+    except ImportError as exc:
+        fail(f"the dashboard is not available: {exc}")
+    return create_app(rt)
+
+
+def banner(role: Role, rt: Runtime, url: str | None) -> None:
+    lines: list[tuple[str, Text | str]] = []
+    if url:
+        lines.append(("dashboard", Text(url, style="bold cyan")))
+        note = ("  (generated: set TICKWORK_ADMIN_TOKEN to keep it)"
+                if rt.settings.admin_token is None else "  (from TICKWORK_ADMIN_TOKEN)")
+        lines.append(("admin token", Text.assemble((rt.admin_token, "bold"), (note, "dim"))))
+    lines.append(("database", mask_url(rt.settings.database_url)))
+    if role.beat:
+        lines.append(("beat", f"every {rt.settings.tick_interval} s"))
+    if role.worker:
+        lines.append(("concurrency", f"up to {rt.settings.max_concurrent_ticks} ticks"))
+        style = "yellow" if rt.llm.simulated else ""
+        lines.append(("LLM chain", Text(rt.llm.label, style=style)))
+    console.print(Text.assemble(("tickwork " + role.name, "bold"), f"  {role.summary}"),
+                  soft_wrap=True)
+    for label, value in lines:
+        console.print(Text.assemble(f"  {label:<12} ", value), soft_wrap=True)
+    console.print(Text("  press Ctrl-C to stop", style="dim"), soft_wrap=True)
+
+
+def _log_start(role: Role, rt: Runtime, url: str | None) -> None:
+    parts = [f"tickwork {role.name} started"]
+    if url:
+        parts.append(f"serving {url}")
+    if role.beat:
+        parts.append(f"beat every {rt.settings.tick_interval} s")
+    if role.worker:
+        chain = rt.llm.label
+        if rt.llm.simulated:
+            chain += " (the built-in simulated model: no real provider is called)"
+        parts.append(f"LLM chain {chain}")
+    log.info("; ".join(parts))
+
+
+async def _run(role: Role, rt: Runtime, app: Any, sock: socket.socket | None) -> None:
+    shutdown = Shutdown(asyncio.get_running_loop())
+    with shutdown.installed():
+        await rt.start(beat=role.beat, worker=role.worker)
+        try:
+            if app is not None and sock is not None:
+                server = _Server(uvicorn.Config(
+                    app, log_level="warning", lifespan="on",
+                    timeout_graceful_shutdown=int(HTTP_GRACE_S)))
+                shutdown.server = server
+                if not shutdown.requested.is_set():
+                    await server.serve(sockets=[sock])
+            else:
+                await shutdown.requested.wait()
+        finally:
+            await rt.stop()
+            log.info("tickwork %s stopped", role.name)
+
+
+def serve(role: Role, settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run `role` until SIGINT or SIGTERM."""
+    sock = bind(host, port) if role.http else None
+    try:
+        rt = _runtime(settings)
+        try:
+            app = _app(rt) if role.http else None
+            url = url_for(host, sock.getsockname()[1]) if sock is not None else None
+            banner(role, rt, url)
+            _log_start(role, rt, url)
+            asyncio.run(_run(role, rt, app, sock))
+        finally:
+            rt.close()
+    finally:
+        if sock is not None:
+            sock.close()
