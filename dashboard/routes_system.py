@@ -122,6 +122,15 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
         body = render_metrics(ticks, stacks, tailer.clients, rt.llm.label, rt.llm.simulated)
         return PlainTextResponse(body, media_type=PROMETHEUS_TEXT)
 
+    @api.get("/")
+    async def index() -> dict[str, Any]:
+        """Where to go from here (the JSON API's entry point)."""
+        return {"name": "tickwork", "version": version(), "llm": rt.llm.label,
+                "simulated": rt.llm.simulated,
+                "links": {"stacks": "/api/stacks", "events": "/api/events",
+                          "system": "/api/system", "openapi": "/openapi.json",
+                          "metrics": "/metrics"}}
+
     @api.get("/api/system")
     async def system() -> SystemOut:
         """Which model answers (a simulated one says so), the beat, the version, the agents."""

@@ -110,9 +110,14 @@ def claim(conn: Connection, worker_id: str, limit: int, now: float, lease_s: flo
             .where(t.ticks.c.status == "queued", t.stacks.c.execution_state == "running")
             .order_by(t.ticks.c.scheduled_at, t.ticks.c.id)
             .limit(limit)
-            .with_for_update(skip_locked=True, of=t.ticks))
+            .with_for_update(skip_locked=True, of=t.ticks)
+            .cte("picked"))
+    if conn.dialect.name == "postgresql":
+        # Evaluated once: as a plain IN-subquery, PostgreSQL may rescan the locking subquery
+        # for each row it updates, and the rescans pick other rows (more than `limit`).
+        pick = pick.prefix_with("MATERIALIZED")
     stmt = (update(t.ticks)
-            .where(t.ticks.c.id.in_(pick.scalar_subquery()), t.ticks.c.status == "queued")
+            .where(t.ticks.c.id.in_(select(pick.c.id)), t.ticks.c.status == "queued")
             .values(status="running", worker_id=worker_id, lease_expires_at=now + lease_s,
                     started_at=func.coalesce(t.ticks.c.started_at, now))
             .returning(*t.ticks.c))
@@ -123,18 +128,19 @@ def claim(conn: Connection, worker_id: str, limit: int, now: float, lease_s: flo
 
 
 def heartbeat(conn: Connection, worker_id: str, held: Sequence[tuple[int, int]], now: float,
-              lease_s: float) -> set[int]:
-    """Extend the leases of (tick_id, attempt) this worker holds; returns the ids still held."""
+              lease_s: float) -> set[tuple[int, int]]:
+    """Extend the leases of (tick_id, attempt) this worker holds; returns the pairs still held
+    (an attempt the reaper requeued is not, even when this worker claimed the next one)."""
     if not held:
         return set()
     ids = [i for i, _ in held]
-    still = set(conn.execute(
+    still = {(i, a) for i, a in conn.execute(
         update(t.ticks)
         .where(t.ticks.c.id.in_(ids), t.ticks.c.status == "running",
                t.ticks.c.worker_id == worker_id)
         .values(lease_expires_at=now + lease_s)
-        .returning(t.ticks.c.id, t.ticks.c.attempt)).all())
-    return {i for i, a in held if (i, a) in still}
+        .returning(t.ticks.c.id, t.ticks.c.attempt))}
+    return {(i, a) for i, a in held if (i, a) in still}
 
 
 def hold(conn: Connection, tick_id: int, attempt: int, now: float, lease_s: float) -> bool:
@@ -188,20 +194,27 @@ def reap(conn: Connection, now: float, max_attempts: int) -> tuple[int, int, int
         .returning(*t.ticks.c)).mappings())
     not_running = exists().where(t.stacks.c.id == t.ticks.c.stack_id,
                                  t.stacks.c.execution_state != "running")
-    cancelled = cancel_queued(conn, now, not_running)
+    # A tick just requeued for a stack that is no longer running is cancelled here too; its
+    # events follow the order of the changes, so the last one a reader sees is "cancelled".
+    cancelled = _cancel(conn, now, not_running, REASON_PAUSED)
     emit_many(conn, now,
               [(TICK_QUEUED, r["stack_id"], r["id"], tick_json(r)) for r in requeued]
-              + [(TICK_FINISHED, r["stack_id"], r["id"], tick_json(r)) for r in failed])
+              + [(TICK_FINISHED, r["stack_id"], r["id"], tick_json(r))
+                 for r in failed + cancelled])
     if requeued:
         touch(conn, TOPIC_QUEUE)
-    return len(requeued), len(failed), cancelled
+    return len(requeued), len(failed), len(cancelled)
 
 
-def cancel_queued(conn: Connection, now: float, where: Any, reason: str = REASON_PAUSED) -> int:
-    rows = list(conn.execute(
+def _cancel(conn: Connection, now: float, where: Any, reason: str) -> list[Any]:
+    return list(conn.execute(
         update(t.ticks).where(t.ticks.c.status == "queued", where)
         .values(status="cancelled", finished_at=now, reason=reason)
         .returning(*t.ticks.c)).mappings())
+
+
+def cancel_queued(conn: Connection, now: float, where: Any, reason: str = REASON_PAUSED) -> int:
+    rows = _cancel(conn, now, where, reason)
     emit_many(conn, now, [(TICK_FINISHED, r["stack_id"], r["id"], tick_json(r)) for r in rows])
     return len(rows)
 

@@ -42,7 +42,9 @@ class Worker:
         self._bus = bus
         self._clock = clock
         self._cfg = config
-        self._running: dict[int, tuple[Claimed, asyncio.Task[None]]] = {}
+        # Keyed by (tick id, attempt): a stale attempt still winding down and the retry this
+        # worker claimed after it are two entries, each heartbeated or stopped on its own.
+        self._running: dict[tuple[int, int], tuple[Claimed, asyncio.Task[None]]] = {}
         self._capacity_freed = asyncio.Event()
         self._stopping = False
         self.finished = 0
@@ -60,7 +62,7 @@ class Worker:
                                           self._clock.now(), self._cfg.lease_s)
         for tick in claimed:
             task = asyncio.create_task(self._run(tick), name=f"tick-{tick.id}")
-            self._running[tick.id] = (tick, task)
+            self._running[(tick.id, tick.attempt)] = (tick, task)
         return claimed
 
     async def _run(self, tick: Claimed) -> None:
@@ -78,7 +80,7 @@ class Worker:
             log.exception("tick %s crashed", tick.id)
             await self._settle(tick, "failed", f"runner error: {exc!r}")
         finally:
-            self._running.pop(tick.id, None)
+            self._running.pop((tick.id, tick.attempt), None)
             self.finished += 1
             self._capacity_freed.set()
 
@@ -89,15 +91,15 @@ class Worker:
             log.exception("could not finalise tick %s", tick.id)
 
     async def heartbeat_once(self) -> None:
-        held = [(t.id, t.attempt) for t, _ in self._running.values()]
+        held = list(self._running)
         if not held:
             return
         kept = await self._db.transact(queue.heartbeat, self.id, held, self._clock.now(),
                                        self._cfg.lease_s)
-        for tick_id, _ in held:
-            if tick_id not in kept and tick_id in self._running:
-                log.warning("tick %s is no longer ours; stopping it", tick_id)
-                self._running[tick_id][1].cancel()
+        for key in held:
+            if key not in kept and key in self._running:
+                log.warning("tick %s attempt %s is no longer ours; stopping it", *key)
+                self._running[key][1].cancel()
 
     async def run(self) -> None:
         """Claim and run until `stop()`; heartbeats alongside."""

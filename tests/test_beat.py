@@ -1,0 +1,200 @@
+"""The beat: `Beat.fire` on the fake clock, beats racing from two processes, and the
+APScheduler adapter that calls it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from orchestrator import queue
+from orchestrator.beat import Beat, BeatScheduler
+from orchestrator.slots import slot_of
+from schema.clock import FakeClock
+from schema.db import Database
+from tests.conftest import wait_for
+from tests.engine_helpers import (
+    BEAT,
+    events_of,
+    in_threads,
+    new_stack,
+    per_stack_slot,
+    raw_claim,
+    settle,
+    ticks_of,
+)
+
+T0 = 1_800_000_000.0
+
+
+def beat_rows(db: Database, stack_id: int) -> list[dict[str, Any]]:
+    return [r for r in ticks_of(db, stack_id) if r["trigger"] == "beat"]
+
+
+def test_a_fire_fans_out_the_current_slot_once(db: Database, clock: FakeClock) -> None:
+    a, b = new_stack(db, clock, "a"), new_stack(db, clock, "b")
+    new_stack(db, clock, "p", paused=True)
+    settle(db, clock)
+    clock.advance(BEAT + 0.25)  # a little late, as a real fire is
+    beat = Beat(db, clock, BEAT)
+    fired = asyncio.run(beat.fire())
+    slot = slot_of(clock.now(), BEAT)
+    assert [(f.slot, f.queued, f.skipped) for f in fired] == [(slot, 2, 0)]
+    assert asyncio.run(beat.fire()) == []  # the same slot again: nothing
+    for sid in (a, b):
+        (row,) = beat_rows(db, sid)
+        assert (row["slot"], row["status"], row["attempt"]) == (slot, "queued", 1)
+        assert row["scheduled_at"] == slot * BEAT  # the slot's intended fire time
+        assert row["queued_at"] == clock.now()
+    assert len(ticks_of(db)) == 4  # two start ticks, two beat ticks; nothing for "p"
+    assert beat.history == fired
+
+
+def test_a_late_fire_catches_up_missed_slots(db: Database, clock: FakeClock) -> None:
+    sid = new_stack(db, clock, "a")
+    settle(db, clock)
+    beat = Beat(db, clock, BEAT, catchup=6)
+    asyncio.run(beat.fire())  # the current slot: nothing new, the start tick has it
+    first = slot_of(clock.now(), BEAT)
+    settle(db, clock)
+    clock.advance(3 * BEAT + 1)  # three slots on: the beat missed two
+    fired = asyncio.run(beat.fire())
+    assert [f.slot for f in fired] == [first + 1, first + 2, first + 3]
+    rows = beat_rows(db, sid)
+    assert [(r["slot"], r["status"], r["reason"]) for r in rows] == [
+        (first + 1, "queued", None),
+        (first + 2, "skipped", queue.REASON_PREV_QUEUED),
+        (first + 3, "skipped", queue.REASON_PREV_QUEUED)]
+
+
+def test_catch_up_is_bounded(db: Database, clock: FakeClock) -> None:
+    sid = new_stack(db, clock, "a")
+    beat = Beat(db, clock, BEAT, catchup=3)
+    asyncio.run(beat.fire())
+    first = slot_of(clock.now(), BEAT)
+    clock.advance(100 * BEAT)  # the process was stopped for a long while
+    fired = asyncio.run(beat.fire())
+    now_slot = slot_of(clock.now(), BEAT)
+    assert now_slot == first + 100
+    assert [f.slot for f in fired] == [now_slot - 3, now_slot - 2, now_slot - 1, now_slot]
+    assert len(beat_rows(db, sid)) == 4
+
+
+def test_catch_up_skips_slots_whose_previous_tick_is_running(db: Database,
+                                                            clock: FakeClock) -> None:
+    sid = new_stack(db, clock, "a")
+    beat = Beat(db, clock, BEAT)
+    asyncio.run(beat.fire())
+    asyncio.run(raw_claim(db, clock))  # the start tick runs, long
+    clock.advance(2 * BEAT)
+    asyncio.run(beat.fire())
+    assert [(r["status"], r["reason"]) for r in beat_rows(db, sid)] == [
+        ("skipped", queue.REASON_PREV_RUNNING)] * 2
+
+
+def test_a_stack_with_its_own_interval_is_due_every_third_slot(db: Database,
+                                                              clock: FakeClock) -> None:
+    assert T0 % 30 == 0
+    slow = new_stack(db, clock, "every-30", interval_s=30)
+    fast = new_stack(db, clock, "every-10")
+    beat = Beat(db, clock, BEAT)
+    asyncio.run(beat.fire())
+    first = slot_of(clock.now(), BEAT)
+    for _ in range(9):
+        settle(db, clock)
+        clock.advance(BEAT)
+        asyncio.run(beat.fire())
+    assert [r["slot"] - first for r in beat_rows(db, slow)] == [3, 6, 9]
+    assert [r["slot"] - first for r in beat_rows(db, fast)] == list(range(1, 10))
+    assert {r["status"] for r in beat_rows(db, slow)} == {"succeeded", "queued"}
+
+
+# -- invariant 1 across processes -----------------------------------------------------------
+
+def test_fan_out_twice_for_a_slot_adds_nothing_the_second_time(db: Database,
+                                                              clock: FakeClock) -> None:
+    new_stack(db, clock, "a")
+    clock.advance(BEAT)
+    slot = slot_of(clock.now(), BEAT)
+    with db.write() as conn:
+        assert queue.fan_out(conn, slot, BEAT, clock.now()) == (0, 1)  # start tick queued
+    with db.write() as conn:
+        assert queue.fan_out(conn, slot, BEAT, clock.now()) == (0, 0)
+    assert max(per_stack_slot(db).values()) == 1
+
+
+def test_beats_racing_from_two_connections_insert_one_row_per_stack(
+        db: Database, db_url: str, clock: FakeClock) -> None:
+    for i in range(5):
+        new_stack(db, clock, f"s{i}")
+    settle(db, clock)
+    other = Database(db_url)
+    counts: list[tuple[int, int]] = []
+    try:
+        for _ in range(12):
+            clock.advance(BEAT)
+            slot, now = slot_of(clock.now(), BEAT), clock.now()
+
+            def fire(d: Database, s: int = slot, n: float = now) -> None:
+                with d.write() as conn:
+                    counts.append(queue.fan_out(conn, s, BEAT, n))
+
+            assert in_threads(lambda: fire(db), lambda: fire(other)) == []
+    finally:
+        other.close()
+    per_key = per_stack_slot(db)
+    assert max(per_key.values()) == 1
+    assert len(per_key) == 5 + 5 * 12  # the start ticks, then one row per stack per slot
+    assert sum(q + s for q, s in counts) == 5 * 12  # the losing beat inserted nothing
+    assert all(len(events_of(db, tick_id=r["id"])) == 1 for r in ticks_of(db)
+               if r["trigger"] == "beat")
+
+
+# -- the APScheduler adapter -----------------------------------------------------------------
+
+def test_the_scheduler_job_is_coalesced_single_and_aligned_to_a_slot(
+        db: Database) -> None:
+    clock = FakeClock(T0 + 3.7)
+    scheduler = BeatScheduler(Beat(db, clock, BEAT), clock)
+
+    async def main() -> None:
+        scheduler.start()
+        try:
+            job = scheduler.scheduler.get_job(BeatScheduler.JOB_ID)
+            assert job is not None
+            assert job.coalesce is True
+            assert job.max_instances == 1
+            assert job.misfire_grace_time is None
+            assert job.trigger.interval == timedelta(seconds=BEAT)
+            start = job.trigger.start_date
+            assert start == datetime.fromtimestamp(T0 + BEAT, UTC)
+            assert start.timestamp() % BEAT == 0
+            assert job.next_run_time == start
+        finally:
+            scheduler.shutdown()
+
+    asyncio.run(main())
+
+
+def test_the_scheduler_fans_out_when_its_job_runs(db: Database, clock: FakeClock) -> None:
+    sid = new_stack(db, clock, "a")
+    settle(db, clock)
+    clock.advance(BEAT)
+    beat = Beat(db, clock, BEAT)
+    scheduler = BeatScheduler(beat, clock)
+
+    async def main() -> None:
+        scheduler.start()
+        try:
+            job = scheduler.scheduler.get_job(BeatScheduler.JOB_ID)
+            assert job is not None
+            job.modify(next_run_time=datetime.now(UTC))
+            scheduler.scheduler.wakeup()
+            await wait_for(lambda: len(beat.history) == 1, what="the beat job to fire")
+        finally:
+            scheduler.shutdown()
+
+    asyncio.run(main())
+    slot = slot_of(clock.now(), BEAT)
+    assert [(f.slot, f.queued) for f in beat.history] == [(slot, 1)]
+    assert [(r["slot"], r["status"]) for r in beat_rows(db, sid)] == [(slot, "queued")]
