@@ -111,7 +111,7 @@ def router(rt: Runtime, auth: Authenticator) -> APIRouter:
     @admin.post("/stacks/play-all")
     async def play_all() -> Changed:
         """Play every stack that is not running; each gets a tick at once."""
-        n = await db.transact(stacks.play_all, beat_interval=interval, now=rt.clock.now())
+        n = await db.transact(stacks.play_all, now=rt.clock.now())
         return Changed(changed=n)
 
     @admin.post("/stacks/pause-all", responses=responses(422))
@@ -137,7 +137,7 @@ def router(rt: Runtime, auth: Authenticator) -> APIRouter:
 
     @admin.post("/stacks/{stack_id}/play", responses=responses(404, 422))
     async def play(stack_id: StackId) -> StackOut:
-        await db.transact(stacks.play, stack_id, beat_interval=interval, now=rt.clock.now())
+        await db.transact(stacks.play, stack_id, now=rt.clock.now())
         return await stack_out(stack_id)
 
     @admin.post("/stacks/{stack_id}/pause", responses=responses(404, 409, 422))

@@ -189,10 +189,10 @@ def play_cmd(
     _one_of(ctx, stack_id, all_, "play")
     with admin() as cx, cx.write() as conn:
         if stack_id is None:
-            n = stacks.play_all(conn, beat_interval=cx.beat_interval, now=cx.now())
+            n = stacks.play_all(conn, now=cx.now())
             console.print(f"{n} stack(s) set running")
             return
-        row = stacks.play(conn, stack_id, beat_interval=cx.beat_interval, now=cx.now())
+        row = stacks.play(conn, stack_id, now=cx.now())
     console.print(Text(f"stack {row['id']} {row['name']!r} is running"))
 
 

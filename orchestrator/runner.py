@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from pydantic import BaseModel
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from agents.base import Agent, TickContext
 from agents.llm.base import LLM
@@ -17,6 +17,7 @@ from agents.registry import AgentRegistry, UnknownAgent
 from agents.team import run_step
 from orchestrator import journal, queue, stacks
 from orchestrator.queue import Claimed
+from schema import tables as t
 from schema.clock import Clock
 from schema.db import Database
 
@@ -89,6 +90,9 @@ class TickRunner:
 
     @staticmethod
     def _fail_stack(conn: Connection, tick: Claimed, reason: str, now: float) -> None:
+        # Row locks before the outbox lock (see orchestrator.outbox): the stack first.
+        conn.execute(select(t.stacks.c.id).where(t.stacks.c.id == tick.stack_id)
+                     .with_for_update())
         if queue.finalize(conn, tick.id, tick.attempt, "failed", reason, now) is not None:
             stacks.fail(conn, tick.stack_id, reason, now)
 

@@ -1,8 +1,8 @@
 """Commands on stacks — create, play, pause, delete, run a tick now — for the CLI and the API.
 
 Each is one write transaction with its outbox events. A pause cancels the stack's queued ticks
-in the same transaction (a running tick finishes). A stack that becomes running gets the tick
-of the current slot at once, so a new or resumed stack does not wait for the next beat.
+in the same transaction (a running tick finishes). A stack that becomes running gets a tick
+at once, so a new or resumed stack does not wait for the next beat.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator.errors import Conflict, Invalid, NotFound
 from orchestrator.outbox import emit_many
 from orchestrator.queue import REASON_PAUSED, cancel_queued, enqueue
-from orchestrator.slots import slot_of
 from schema import tables as t
 from schema.events import STACK_UPDATED
 from schema.models import StackCreate
@@ -34,8 +33,11 @@ def _live(conn: Connection, stack_id: int) -> dict[str, Any]:
     return dict(row)
 
 
-def _start_tick(conn: Connection, stack_id: int, beat_interval: int, now: float) -> None:
-    enqueue(conn, stack_id, slot_of(now, beat_interval), "start", now, now)
+def _start_tick(conn: Connection, stack_id: int, now: float) -> None:
+    """A stack that becomes running gets a tick at once. It belongs to no beat slot (like a
+    tick run by hand), so a pause and play within one slot still resumes at once; the beat's
+    next slot finds it queued or running and records a `skipped` row if it is not done."""
+    enqueue(conn, stack_id, None, "start", now, now)
 
 
 def create(conn: Connection, spec: StackCreate, *, beat_interval: int, now: float,
@@ -63,7 +65,7 @@ def create(conn: Connection, spec: StackCreate, *, beat_interval: int, now: floa
         raise Conflict(f"a stack named {spec.name!r} already exists") from None
     emit_many(conn, now, [(STACK_UPDATED, row["id"], None, stack_patch(row))])
     if state == "running":
-        _start_tick(conn, row["id"], beat_interval, now)
+        _start_tick(conn, row["id"], now)
     return dict(row)
 
 
@@ -107,19 +109,19 @@ def pause_all(conn: Connection, reason: str | None, now: float) -> int:
     return pause_many(conn, ids, reason, now)
 
 
-def play(conn: Connection, stack_id: int, *, beat_interval: int, now: float) -> dict[str, Any]:
+def play(conn: Connection, stack_id: int, *, now: float) -> dict[str, Any]:
     row = _live(conn, stack_id)
     if row["execution_state"] != "running":
         _set_state(conn, [stack_id], "running", None, now)
-        _start_tick(conn, stack_id, beat_interval, now)
+        _start_tick(conn, stack_id, now)
     return _live(conn, stack_id)
 
 
-def play_all(conn: Connection, *, beat_interval: int, now: float) -> int:
+def play_all(conn: Connection, *, now: float) -> int:
     ids = list(conn.execute(select(t.stacks.c.id).where(
         t.stacks.c.execution_state != "running", t.stacks.c.deleted_at.is_(None))).scalars())
     for row in _set_state(conn, ids, "running", None, now):
-        _start_tick(conn, row["id"], beat_interval, now)
+        _start_tick(conn, row["id"], now)
     return len(ids)
 
 

@@ -17,7 +17,7 @@ from orchestrator import queue
 from orchestrator.interfaces import Bus
 from orchestrator.queue import Claimed
 from orchestrator.runner import LeaseLost, TickRunner
-from schema.clock import Clock
+from schema.clock import Clock, within
 from schema.db import Database
 from schema.events import TOPIC_QUEUE
 
@@ -67,8 +67,7 @@ class Worker:
 
     async def _run(self, tick: Claimed) -> None:
         try:
-            async with asyncio.timeout(self._cfg.tick_timeout_s):
-                await self._runner.run(tick)
+            await within(self._clock, self._cfg.tick_timeout_s, self._runner.run(tick))
         except TimeoutError:
             await self._settle(tick, "timed_out", f"ran past its {self._cfg.tick_timeout_s:g} s "
                                "timeout")

@@ -10,7 +10,10 @@ import asyncio
 import heapq
 import itertools
 import time
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -77,3 +80,28 @@ class FakeClock:
             _, _, fut = heapq.heappop(self._sleepers)
             if not fut.done():
                 fut.set_result(None)
+
+
+async def within(clock: Clock, seconds: float, awaitable: Awaitable[T]) -> T:
+    """Await `awaitable` in the current task; once `seconds` have passed on `clock`, cancel it
+    and raise TimeoutError (asyncio.timeout, but on the injected clock)."""
+    task = asyncio.current_task()
+    assert task is not None, "within() runs inside a task"
+    state = {"expired": False, "over": False}
+
+    def expire(timer: asyncio.Future[None]) -> None:
+        if not timer.cancelled() and not state["over"]:
+            state["expired"] = True
+            task.cancel()
+
+    timer = asyncio.ensure_future(clock.sleep(seconds))
+    timer.add_done_callback(expire)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if state["expired"] and task.uncancel() == 0:
+            raise TimeoutError(f"not done within {seconds:g} s") from None
+        raise
+    finally:
+        state["over"] = True
+        timer.cancel()

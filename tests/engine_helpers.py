@@ -38,7 +38,7 @@ BEAT = 10  # the beat interval every engine test uses
 def new_stack(db: Database, clock: FakeClock, name: str, *, goal: str = "",
               interval_s: int | None = None, team: list[str] | None = None,
               paused: bool = False) -> int:
-    """Create a stack (a running one gets its start tick for the current slot at once)."""
+    """Create a stack (a running one gets its start tick at once)."""
     spec = StackCreate(name=name, goal=goal, interval_s=interval_s, team=team, paused=paused)
     with db.write() as conn:
         row = stacks.create(conn, spec, beat_interval=BEAT, now=clock.now(),
@@ -254,9 +254,12 @@ def in_threads(*fns: Callable[[], object]) -> list[BaseException]:
     return errors
 
 
-def per_stack_slot(db: Database) -> dict[tuple[int, int | None], int]:
-    out: dict[tuple[int, int | None], int] = {}
+def per_stack_slot(db: Database) -> dict[tuple[int, int], int]:
+    """How many ticks each (stack, beat slot) has; ticks outside the beat's slots not counted."""
+    out: dict[tuple[int, int], int] = {}
     for r in ticks_of(db):
+        if r["slot"] is None:
+            continue
         key = (r["stack_id"], r["slot"])
         out[key] = out.get(key, 0) + 1
     return out

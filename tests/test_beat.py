@@ -54,7 +54,7 @@ def test_a_late_fire_catches_up_missed_slots(db: Database, clock: FakeClock) -> 
     sid = new_stack(db, clock, "a")
     settle(db, clock)
     beat = Beat(db, clock, BEAT, catchup=6)
-    asyncio.run(beat.fire())  # the current slot: nothing new, the start tick has it
+    asyncio.run(beat.fire())  # the current slot
     first = slot_of(clock.now(), BEAT)
     settle(db, clock)
     clock.advance(3 * BEAT + 1)  # three slots on: the beat missed two
@@ -62,6 +62,7 @@ def test_a_late_fire_catches_up_missed_slots(db: Database, clock: FakeClock) -> 
     assert [f.slot for f in fired] == [first + 1, first + 2, first + 3]
     rows = beat_rows(db, sid)
     assert [(r["slot"], r["status"], r["reason"]) for r in rows] == [
+        (first, "succeeded", None),
         (first + 1, "queued", None),
         (first + 2, "skipped", queue.REASON_PREV_QUEUED),
         (first + 3, "skipped", queue.REASON_PREV_QUEUED)]
@@ -77,7 +78,7 @@ def test_catch_up_is_bounded(db: Database, clock: FakeClock) -> None:
     now_slot = slot_of(clock.now(), BEAT)
     assert now_slot == first + 100
     assert [f.slot for f in fired] == [now_slot - 3, now_slot - 2, now_slot - 1, now_slot]
-    assert len(beat_rows(db, sid)) == 4
+    assert [r["slot"] for r in beat_rows(db, sid)] == [first, *(f.slot for f in fired)]
 
 
 def test_catch_up_skips_slots_whose_previous_tick_is_running(db: Database,
@@ -89,7 +90,7 @@ def test_catch_up_skips_slots_whose_previous_tick_is_running(db: Database,
     clock.advance(2 * BEAT)
     asyncio.run(beat.fire())
     assert [(r["status"], r["reason"]) for r in beat_rows(db, sid)] == [
-        ("skipped", queue.REASON_PREV_RUNNING)] * 2
+        ("skipped", queue.REASON_PREV_QUEUED)] + [("skipped", queue.REASON_PREV_RUNNING)] * 2
 
 
 def test_a_stack_with_its_own_interval_is_due_every_third_slot(db: Database,
@@ -97,6 +98,7 @@ def test_a_stack_with_its_own_interval_is_due_every_third_slot(db: Database,
     assert T0 % 30 == 0
     slow = new_stack(db, clock, "every-30", interval_s=30)
     fast = new_stack(db, clock, "every-10")
+    settle(db, clock)
     beat = Beat(db, clock, BEAT)
     asyncio.run(beat.fire())
     first = slot_of(clock.now(), BEAT)
@@ -104,8 +106,8 @@ def test_a_stack_with_its_own_interval_is_due_every_third_slot(db: Database,
         settle(db, clock)
         clock.advance(BEAT)
         asyncio.run(beat.fire())
-    assert [r["slot"] - first for r in beat_rows(db, slow)] == [3, 6, 9]
-    assert [r["slot"] - first for r in beat_rows(db, fast)] == list(range(1, 10))
+    assert [r["slot"] - first for r in beat_rows(db, slow)] == [0, 3, 6, 9]
+    assert [r["slot"] - first for r in beat_rows(db, fast)] == list(range(10))
     assert {r["status"] for r in beat_rows(db, slow)} == {"succeeded", "queued"}
 
 
@@ -144,7 +146,7 @@ def test_beats_racing_from_two_connections_insert_one_row_per_stack(
         other.close()
     per_key = per_stack_slot(db)
     assert max(per_key.values()) == 1
-    assert len(per_key) == 5 + 5 * 12  # the start ticks, then one row per stack per slot
+    assert len(per_key) == 5 * 12  # one row per stack per slot
     assert sum(q + s for q, s in counts) == 5 * 12  # the losing beat inserted nothing
     assert all(len(events_of(db, tick_id=r["id"])) == 1 for r in ticks_of(db)
                if r["trigger"] == "beat")

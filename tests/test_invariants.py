@@ -71,6 +71,8 @@ def test_the_database_refuses_a_second_row_for_a_stack_and_slot(db: Database,
                                                                 clock: FakeClock) -> None:
     sid = new_stack(db, clock, "a")
     settle(db, clock)
+    asyncio.run(Beat(db, clock, BEAT).fire())
+    assert [r["slot"] for r in ticks_of(db, sid)] == [None, slot_of(clock.now(), BEAT)]
     with pytest.raises(IntegrityError), db.write() as conn:
         conn.execute(insert(t.ticks).values(
             stack_id=sid, slot=slot_of(clock.now(), BEAT), scheduled_at=clock.now(),
@@ -318,26 +320,25 @@ def test_play_resumes_with_a_tick_for_the_current_slot(db: Database, clock: Fake
     assert len(ticks_of(db, sid)) == 1
     clock.advance(3)
     with db.write() as conn:
-        assert stacks.play(conn, sid, beat_interval=BEAT, now=clock.now())[
+        assert stacks.play(conn, sid, now=clock.now())[
             "execution_state"] == "running"
     row = ticks_of(db, sid)[-1]
-    assert (row["status"], row["trigger"], row["slot"]) == (
-        "queued", "start", slot_of(clock.now(), BEAT))
+    assert (row["status"], row["trigger"], row["slot"]) == ("queued", "start", None)
     assert asyncio.run(raw_claim(db, clock))[0].id == row["id"]
 
 
-def test_play_within_the_paused_slot_resumes_at_the_next_beat(db: Database,
-                                                             clock: FakeClock) -> None:
+def test_play_within_the_paused_slot_resumes_at_once(db: Database, clock: FakeClock) -> None:
     sid = new_stack(db, clock, "a")
     beat = Beat(db, clock, BEAT)
     asyncio.run(beat.fire())
     with db.write() as conn:
         stacks.pause(conn, sid, None, clock.now())
-        stacks.play(conn, sid, beat_interval=BEAT, now=clock.now())
-    assert [r["status"] for r in ticks_of(db, sid)] == ["cancelled"]  # one row per slot
-    clock.advance(BEAT)
-    asyncio.run(beat.fire())
-    assert [r["status"] for r in ticks_of(db, sid)] == ["cancelled", "queued"]
+        stacks.play(conn, sid, now=clock.now())
+    # The start tick was still queued when the slot fired (skipped), pause cancelled it, and
+    # play queued a new one at once, inside the same slot.
+    assert [(r["status"], r["trigger"]) for r in ticks_of(db, sid)] == [
+        ("cancelled", "start"), ("skipped", "beat"), ("queued", "start")]
+    assert asyncio.run(raw_claim(db, clock))[0].id == ticks_of(db, sid)[-1]["id"]
 
 
 def test_a_pause_racing_a_fan_out_leaves_nothing_queued(db: Database, db_url: str,

@@ -256,13 +256,24 @@ def test_a_tick_that_hangs_times_out_without_holding_up_another(db_url: str,
                                                               clock: FakeClock) -> None:
     holder: dict[str, int] = {}
     llm = GatedLLM(clock, holds=lambda r: seed_of(r)[0] == holder["hung"])  # never released
-    with build_runtime(db_url, clock, llm=llm, tick_timeout_s=0.5) as rt:
+    with build_runtime(db_url, clock, llm=llm, tick_timeout_s=60) as rt:
         holder["hung"] = new_stack(rt.db, clock, "hung")
         good = new_stack(rt.db, clock, "ok")
-        asyncio.run(run_queued(rt))
+
+        async def main() -> None:
+            await rt.worker.claim_once()
+            await wait_for(lambda: only_tick(rt, good)["status"] == "succeeded",
+                           what="the other stack's tick to finish")
+            assert only_tick(rt, holder["hung"])["status"] == "running"
+            clock.advance(59)  # the timeout runs on the injected clock
+            await asyncio.sleep(0)
+            assert only_tick(rt, holder["hung"])["status"] == "running"
+            clock.advance(1)
+            await wait_for(lambda: rt.worker.running == 0, what="the hung tick to end")
+
+        asyncio.run(main())
         tick = only_tick(rt, holder["hung"])
-        assert (tick["status"], tick["reason"]) == ("timed_out", "ran past its 0.5 s timeout")
-        assert only_tick(rt, good)["status"] == "succeeded"
+        assert (tick["status"], tick["reason"]) == ("timed_out", "ran past its 60 s timeout")
         assert len(steps_of(rt.db, only_tick(rt, good)["id"])) == len(DEFAULT_TEAM)
 
 
