@@ -23,6 +23,7 @@ from schema import read
 from schema import tables as t
 from schema.models import (
     ArtifactOut,
+    BudgetUpdate,
     MemoryOut,
     MessageOut,
     PauseRequest,
@@ -64,7 +65,7 @@ def router(rt: Runtime, auth: Authenticator) -> APIRouter:
                       dependencies=[auth.dependency], responses=responses(401))
 
     async def stack_out(stack_id: int) -> StackOut:
-        found = await db.query(read.get_stack, stack_id, interval, DEFAULT_TEAM)
+        found = await db.query(read.get_stack, stack_id, interval, DEFAULT_TEAM, rt.clock.now())
         if found is None:
             raise NotFound(f"no stack with id {stack_id}")
         return found
@@ -74,7 +75,7 @@ def router(rt: Runtime, auth: Authenticator) -> APIRouter:
     @public.get("/stacks")
     async def list_stacks() -> list[StackOut]:
         """Every stack that is not deleted, oldest first."""
-        return await db.query(read.list_stacks, interval, DEFAULT_TEAM)
+        return await db.query(read.list_stacks, interval, DEFAULT_TEAM, now=rt.clock.now())
 
     @public.get("/stacks/{stack_id}", responses=responses(404, 422))
     async def get_stack(stack_id: StackId) -> StackOut:
@@ -146,6 +147,13 @@ def router(rt: Runtime, auth: Authenticator) -> APIRouter:
         finishes. The body is optional."""
         reason = body.reason if body else None
         await db.transact(stacks.pause, stack_id, reason, rt.clock.now())
+        return await stack_out(stack_id)
+
+    @admin.put("/stacks/{stack_id}/budget", responses=responses(404, 422))
+    async def set_budget(stack_id: StackId, body: BudgetUpdate) -> StackOut:
+        """Set the stack's daily budget in tokens and/or USD (null removes a limit). A stack
+        that reaches it is paused with the reason `budget`."""
+        await db.transact(stacks.set_budget, stack_id, body, rt.clock.now())
         return await stack_out(stack_id)
 
     @admin.post("/stacks/{stack_id}/tick", status_code=202, responses=responses(404, 409, 422))

@@ -1,4 +1,4 @@
-"""`tickwork stacks ...`: create, list, show, play, pause, delete, and run a tick now.
+"""`tickwork stacks ...`: create, list, show, budget, play, pause, delete, run a tick now.
 
 These write straight to the configured database (an admin tool, run where the database is),
 each command one transaction through `orchestrator.stacks`, outbox events included, so a running
@@ -32,7 +32,7 @@ from orchestrator.cli_common import (
 )
 from orchestrator.errors import NotFound
 from schema import read
-from schema.models import StackCreate, StackOut, TickSummary
+from schema.models import BudgetUpdate, StackCreate, StackOut, TickSummary
 from schema.read import tick_summary
 
 app = typer.Typer(help="Create, inspect, play and pause stacks.", no_args_is_help=True)
@@ -41,7 +41,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON inst
 StackId = Annotated[int, typer.Argument(metavar="ID",
                                         help="The stack's id (see `tickwork stacks list`).")]
 
-_OPTION_OF = {"name": "NAME", "goal": "--goal", "interval_s": "--interval", "team": "--team"}
+_OPTION_OF = {"name": "NAME", "goal": "--goal", "interval_s": "--interval", "team": "--team",
+              "budget_tokens_per_day": "--budget-tokens", "budget_usd_per_day": "--budget-usd",
+              "tokens_per_day": "--tokens", "usd_per_day": "--usd"}
 
 
 def _option(field: str) -> str:
@@ -49,7 +51,7 @@ def _option(field: str) -> str:
 
 
 def _stack(cx: Admin, conn: Connection, stack_id: int) -> StackOut:
-    found = read.get_stack(conn, stack_id, cx.beat_interval, cx.default_team)
+    found = read.get_stack(conn, stack_id, cx.beat_interval, cx.default_team, cx.now())
     if found is None:
         raise NotFound(f"no stack with id {stack_id}")
     return found
@@ -79,13 +81,20 @@ def create_cmd(
     team: Annotated[str | None, typer.Option(
         "--team", help="Agents in order, comma-separated (default: the four built-ins).",
     )] = None,
+    budget_tokens: Annotated[int | None, typer.Option(
+        "--budget-tokens", help="Daily token budget (UTC day); reaching it pauses the stack.",
+    )] = None,
+    budget_usd: Annotated[float | None, typer.Option(
+        "--budget-usd", help="Daily budget in USD (UTC day); reaching it pauses the stack.",
+    )] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create a stack; unless --paused, its first tick is queued at once."""
     members = None if team is None else [m.strip() for m in team.split(",") if m.strip()]
     with admin(_option) as cx:
         spec = StackCreate(name=name, goal=goal, interval_s=interval, team=members,
-                           paused=paused)
+                           paused=paused, budget_tokens_per_day=budget_tokens,
+                           budget_usd_per_day=budget_usd)
         check = _check_team(cx) if spec.team is not None else (lambda _names: None)
         with cx.write() as conn:
             row = stacks.create(conn, spec, beat_interval=cx.beat_interval, now=cx.now(),
@@ -104,7 +113,7 @@ def create_cmd(
 def list_cmd(json_out: JsonOpt = False) -> None:
     """List the stacks with their state, last tick and tick counts."""
     with admin() as cx, cx.read() as conn:
-        found = read.list_stacks(conn, cx.beat_interval, cx.default_team)
+        found = read.list_stacks(conn, cx.beat_interval, cx.default_team, now=cx.now())
     if json_out:
         print_json(found)
         return
@@ -160,6 +169,10 @@ def show_cmd(
     head.add_row("created", fmt_time(out.created_at))
     counts = "  ".join(f"{k} {v}" for k, v in out.counts.model_dump().items() if v)
     head.add_row("ticks", counts or "none yet")
+    head.add_row("spent today", _spend(out.usage_today.input_tokens
+                                       + out.usage_today.output_tokens,
+                                       out.usage_today.cost_usd, out.usage_today.llm_calls))
+    head.add_row("budget", _budget(out))
     console.print(Panel(head, title=Text(f"stack {out.id}: {out.name}"), title_align="left"))
     if recent:
         console.print(_ticks_table(recent))
@@ -177,6 +190,37 @@ def show_cmd(
         items = [Group(Text.assemble((a.title, "bold"), f"  (tick {a.tick_id}, {a.agent})"),
                        Text(a.content)) for a in artifacts]
         console.print(Panel(Group(*items), title="latest artifacts", title_align="left"))
+
+
+def _spend(tokens: int, usd: float, calls: int) -> str:
+    return f"{tokens:,} tokens, ${usd:.4f} in {calls:,} LLM call(s)"
+
+
+def _budget(out: StackOut) -> str:
+    parts = []
+    if out.budget.tokens_per_day is not None:
+        parts.append(f"{out.budget.tokens_per_day:,} tokens")
+    if out.budget.usd_per_day is not None:
+        parts.append(f"${out.budget.usd_per_day:g}")
+    return " or ".join(parts) + " a day" if parts else "none"
+
+
+@app.command("budget")
+def budget_cmd(
+    stack_id: StackId,
+    tokens: Annotated[int | None, typer.Option(
+        "--tokens", help="Daily token limit; leave out to remove it.")] = None,
+    usd: Annotated[float | None, typer.Option(
+        "--usd", help="Daily USD limit; leave out to remove it.")] = None,
+) -> None:
+    """Set a stack's daily budget (UTC day). Reaching it pauses the stack with reason
+    `budget`."""
+    with admin(_option) as cx:
+        update = BudgetUpdate(tokens_per_day=tokens, usd_per_day=usd)
+        with cx.write() as conn:
+            stacks.set_budget(conn, stack_id, update, cx.now())
+            out = _stack(cx, conn, stack_id)
+    console.print(Text(f"stack {out.id} {out.name!r}: budget {_budget(out)}"))
 
 
 @app.command("play")

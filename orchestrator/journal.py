@@ -16,8 +16,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from agents.base import ArtifactView, MessageView, StackView
 from agents.team import StepResult
+from orchestrator import usage
 from orchestrator.outbox import emit_many
 from orchestrator.queue import finalize, hold
+from orchestrator.usage import Spend
 from schema import tables as t
 from schema.events import STACK_UPDATED, STEP_FINISHED
 from schema.read import stack_patch
@@ -101,7 +103,10 @@ def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, 
         "status": result.status, "error": result.error,
         "duration_ms": round((now - started_at) * 1000, 3),
         "attempts": [{"provider": a.provider, "model": a.model, "status": a.status,
-                      "latency_ms": a.latency_ms} for a in result.attempts]})]
+                      "latency_ms": a.latency_ms, "input_tokens": a.input_tokens,
+                      "output_tokens": a.output_tokens, "cost_usd": a.cost_usd}
+                     for a in result.attempts]})]
+    events.extend(usage.record(conn, stack_id, tick_id, Spend.of(result.attempts), now))
     if fx.complete_stack:
         row = conn.execute(update(t.stacks)
                            .where(t.stacks.c.id == stack_id,

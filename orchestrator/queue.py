@@ -196,7 +196,7 @@ def reap(conn: Connection, now: float, max_attempts: int) -> tuple[int, int, int
                                  t.stacks.c.execution_state != "running")
     # A tick just requeued for a stack that is no longer running is cancelled here too; its
     # events follow the order of the changes, so the last one a reader sees is "cancelled".
-    cancelled = _cancel(conn, now, not_running, REASON_PAUSED)
+    cancelled = cancel_rows(conn, now, not_running, REASON_PAUSED)
     emit_many(conn, now,
               [(TICK_QUEUED, r["stack_id"], r["id"], tick_json(r)) for r in requeued]
               + [(TICK_FINISHED, r["stack_id"], r["id"], tick_json(r))
@@ -206,7 +206,8 @@ def reap(conn: Connection, now: float, max_attempts: int) -> tuple[int, int, int
     return len(requeued), len(failed), len(cancelled)
 
 
-def _cancel(conn: Connection, now: float, where: Any, reason: str) -> list[Any]:
+def cancel_rows(conn: Connection, now: float, where: Any, reason: str) -> list[Any]:
+    """Cancel queued ticks matching `where`; the caller writes their events."""
     return list(conn.execute(
         update(t.ticks).where(t.ticks.c.status == "queued", where)
         .values(status="cancelled", finished_at=now, reason=reason)
@@ -214,7 +215,7 @@ def _cancel(conn: Connection, now: float, where: Any, reason: str) -> list[Any]:
 
 
 def cancel_queued(conn: Connection, now: float, where: Any, reason: str = REASON_PAUSED) -> int:
-    rows = _cancel(conn, now, where, reason)
+    rows = cancel_rows(conn, now, where, reason)
     emit_many(conn, now, [(TICK_FINISHED, r["stack_id"], r["id"], tick_json(r)) for r in rows])
     return len(rows)
 

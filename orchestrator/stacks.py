@@ -17,9 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator.errors import Conflict, Invalid, NotFound
 from orchestrator.outbox import emit_many
 from orchestrator.queue import REASON_PAUSED, cancel_queued, enqueue
+from orchestrator.usage import over_budget
 from schema import tables as t
 from schema.events import STACK_UPDATED
-from schema.models import StackCreate
+from schema.models import BudgetUpdate, StackCreate
 from schema.read import stack_patch
 
 REASON_DELETED = "stack deleted before the tick started"
@@ -59,6 +60,8 @@ def create(conn: Connection, spec: StackCreate, *, beat_interval: int, now: floa
             name=spec.name, goal=spec.goal, execution_state=state, interval_s=spec.interval_s,
             team=orjson.dumps(spec.team).decode() if spec.team else None,
             pause_reason="created paused" if spec.paused else None,
+            budget_tokens_per_day=spec.budget_tokens_per_day,
+            budget_usd_per_day=spec.budget_usd_per_day,
             created_at=now, updated_at=now,
         ).returning(*t.stacks.c)).mappings().one()
     except IntegrityError:
@@ -112,17 +115,34 @@ def pause_all(conn: Connection, reason: str | None, now: float) -> int:
 def play(conn: Connection, stack_id: int, *, now: float) -> dict[str, Any]:
     row = _live(conn, stack_id)
     if row["execution_state"] != "running":
+        if over_budget(conn, [stack_id], now):
+            raise Conflict(f"stack {stack_id} has spent its daily budget; raise the budget or "
+                           "wait for the next UTC day")
         _set_state(conn, [stack_id], "running", None, now)
         _start_tick(conn, stack_id, now)
     return _live(conn, stack_id)
 
 
 def play_all(conn: Connection, *, now: float) -> int:
+    """Play every stack that is not running, except those that have spent today's budget."""
     ids = list(conn.execute(select(t.stacks.c.id).where(
         t.stacks.c.execution_state != "running", t.stacks.c.deleted_at.is_(None))).scalars())
+    spent = over_budget(conn, ids, now)
+    ids = [i for i in ids if i not in spent]
     for row in _set_state(conn, ids, "running", None, now):
         _start_tick(conn, row["id"], now)
     return len(ids)
+
+
+def set_budget(conn: Connection, stack_id: int, budget: BudgetUpdate, now: float
+               ) -> dict[str, Any]:
+    """Set (or with None, remove) a stack's daily limits; takes effect at its next step."""
+    _live(conn, stack_id)
+    rows = conn.execute(update(t.stacks).where(t.stacks.c.id == stack_id).values(
+        budget_tokens_per_day=budget.tokens_per_day, budget_usd_per_day=budget.usd_per_day,
+        updated_at=now).returning(*t.stacks.c)).mappings().all()
+    emit_many(conn, now, [(STACK_UPDATED, stack_id, None, stack_patch(rows[0]))])
+    return _live(conn, stack_id)
 
 
 def delete(conn: Connection, stack_id: int, now: float) -> None:

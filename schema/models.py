@@ -53,6 +53,8 @@ class StackCreate(_In):
     interval_s: int | None = Field(default=None, ge=1, le=86_400)
     team: list[str] | None = Field(default=None, min_length=1, max_length=20)
     paused: bool = False
+    budget_tokens_per_day: int | None = Field(default=None, ge=1)
+    budget_usd_per_day: float | None = Field(default=None, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -70,6 +72,13 @@ class StackCreate(_In):
             if not AGENT_NAME.match(name):
                 raise ValueError(f"{name!r} is not an agent name (lowercase letters, digits, _ -)")
         return v
+
+
+class BudgetUpdate(_In):
+    """A stack's daily budget; null removes that limit."""
+
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    usd_per_day: float | None = Field(default=None, gt=0)
 
 
 class PauseRequest(_In):
@@ -94,6 +103,9 @@ class TickSummary(_Out):
     finished_at: datetime | None
     lateness_ms: float | None
     duration_ms: float | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class AttemptOut(_Out):
@@ -137,6 +149,18 @@ class StackCounts(BaseModel):
     skipped: int = 0
 
 
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    llm_calls: int = 0
+
+
+class Budget(BaseModel):
+    tokens_per_day: int | None = None
+    usd_per_day: float | None = None
+
+
 class StackOut(_Out):
     id: int
     name: str
@@ -149,6 +173,9 @@ class StackOut(_Out):
     updated_at: datetime
     last_tick: TickSummary | None
     counts: StackCounts
+    budget: Budget = Budget()
+    usage_today: Usage = Usage()  # this UTC day
+    usage_total: Usage = Usage()
 
 
 class MemoryOut(_Out):

@@ -13,6 +13,7 @@ from schema import tables as t
 from schema.models import (
     ArtifactOut,
     AttemptOut,
+    Budget,
     MemoryOut,
     MessageOut,
     StackCounts,
@@ -20,6 +21,7 @@ from schema.models import (
     StepOut,
     TickDetail,
     TickSummary,
+    Usage,
     ts,
 )
 
@@ -40,6 +42,8 @@ def tick_summary(row: Row) -> TickSummary:
         started_at=ts(row["started_at"]), finished_at=ts(row["finished_at"]),
         lateness_ms=_ms(row["started_at"], row["scheduled_at"]),
         duration_ms=_ms(row["finished_at"], row["started_at"]),
+        input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
+        cost_usd=round(row["cost_usd"], 8),
     )
 
 
@@ -48,7 +52,8 @@ def tick_json(row: Row) -> dict[str, Any]:
 
 
 def stack_out(row: Row, beat_interval: int, default_team: Sequence[str],
-              counts: StackCounts | None = None, last_tick: Row | None = None) -> StackOut:
+              counts: StackCounts | None = None, last_tick: Row | None = None,
+              today: Usage | None = None, total: Usage | None = None) -> StackOut:
     return StackOut(
         id=row["id"], name=row["name"], goal=row["goal"],
         execution_state=row["execution_state"],
@@ -58,6 +63,9 @@ def stack_out(row: Row, beat_interval: int, default_team: Sequence[str],
         updated_at=ts(row["updated_at"]),
         last_tick=tick_summary(last_tick) if last_tick is not None else None,
         counts=counts or StackCounts(),
+        budget=Budget(tokens_per_day=row["budget_tokens_per_day"],
+                      usd_per_day=row["budget_usd_per_day"]),
+        usage_today=today or Usage(), usage_total=total or Usage(),
     )
 
 
@@ -80,21 +88,36 @@ def _last_ticks(conn: Connection, stack_ids: Sequence[int] | None) -> dict[int, 
     return {r["stack_id"]: r for r in rows.mappings()}
 
 
+def _usage(conn: Connection, stack_ids: Sequence[int] | None, day: int | None
+           ) -> dict[int, Usage]:
+    u = t.stack_usage.c
+    q = select(u.stack_id, func.sum(u.input_tokens), func.sum(u.output_tokens),
+               func.sum(u.cost_usd), func.sum(u.llm_calls)).group_by(u.stack_id)
+    if stack_ids is not None:
+        q = q.where(u.stack_id.in_(stack_ids))
+    if day is not None:
+        q = q.where(u.day == day)
+    return {sid: Usage(input_tokens=int(i), output_tokens=int(o), cost_usd=round(float(c), 8),
+                       llm_calls=int(n)) for sid, i, o, c, n in conn.execute(q)}
+
+
 def list_stacks(conn: Connection, beat_interval: int, default_team: Sequence[str],
-                ids: Sequence[int] | None = None) -> list[StackOut]:
+                ids: Sequence[int] | None = None, now: float | None = None) -> list[StackOut]:
     q = select(t.stacks).where(t.stacks.c.deleted_at.is_(None)).order_by(t.stacks.c.id)
     if ids is not None:
         q = q.where(t.stacks.c.id.in_(ids))
     rows = list(conn.execute(q).mappings())
     wanted = [r["id"] for r in rows] if ids is not None else None
     counts, last = _counts(conn, wanted), _last_ticks(conn, wanted)
-    return [stack_out(r, beat_interval, default_team, counts.get(r["id"]), last.get(r["id"]))
-            for r in rows]
+    total = _usage(conn, wanted, None)
+    today = _usage(conn, wanted, int(now // 86_400)) if now is not None else {}
+    return [stack_out(r, beat_interval, default_team, counts.get(r["id"]), last.get(r["id"]),
+                      today.get(r["id"]), total.get(r["id"])) for r in rows]
 
 
 def get_stack(conn: Connection, stack_id: int, beat_interval: int,
-              default_team: Sequence[str]) -> StackOut | None:
-    found = list_stacks(conn, beat_interval, default_team, ids=[stack_id])
+              default_team: Sequence[str], now: float | None = None) -> StackOut | None:
+    found = list_stacks(conn, beat_interval, default_team, ids=[stack_id], now=now)
     return found[0] if found else None
 
 

@@ -46,6 +46,8 @@ stacks = Table(
     Column("interval_s", Integer, nullable=True),  # NULL: the beat's own interval
     Column("team", Text, nullable=True),  # JSON list of agent names; NULL: the default team
     Column("pause_reason", Text, nullable=True),
+    Column("budget_tokens_per_day", Integer, nullable=True),  # NULL: no limit
+    Column("budget_usd_per_day", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("deleted_at", Float, nullable=True),
@@ -75,6 +77,10 @@ ticks = Table(
     Column("finished_at", Float, nullable=True),
     Column("lease_expires_at", Float, nullable=True),
     Column("worker_id", String(64), nullable=True),
+    # What this tick's LLM attempts cost, summed as each step commits.
+    Column("input_tokens", Integer, nullable=False, server_default="0"),
+    Column("output_tokens", Integer, nullable=False, server_default="0"),
+    Column("cost_usd", Float, nullable=False, server_default="0"),
     # Invariant 1: at most one tick per (stack, slot).
     UniqueConstraint("stack_id", "slot", name="uq_ticks_stack_slot"),
     # Invariant 2, and more: at most one queued-or-running tick per stack.
@@ -162,6 +168,18 @@ artifacts = Table(
     Column("content", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Index("ix_artifacts_stack_id_id", "stack_id", "id"),
+)
+
+# What each stack spent per UTC day (day = floor(t / 86400)): budgets are checked against it.
+stack_usage = Table(
+    "stack_usage",
+    metadata,
+    Column("stack_id", Integer, ForeignKey("stacks.id"), primary_key=True),
+    Column("day", Integer, primary_key=True),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cost_usd", Float, nullable=False, server_default="0"),
+    Column("llm_calls", Integer, nullable=False, server_default="0"),
 )
 
 # The outbox: every change the dashboard shows adds a row here in the transaction that makes it.
