@@ -208,18 +208,20 @@ def _budget(out: StackOut) -> str:
 @app.command("budget")
 def budget_cmd(
     stack_id: StackId,
-    tokens: Annotated[int | None, typer.Option(
-        "--tokens", help="Daily token limit; leave out to remove it.")] = None,
-    usd: Annotated[float | None, typer.Option(
-        "--usd", help="Daily USD limit; leave out to remove it.")] = None,
+    tokens: Annotated[int | None, typer.Option("--tokens", help="Daily token limit.")] = None,
+    usd: Annotated[float | None, typer.Option("--usd", help="Daily USD limit.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove both limits.")] = False,
 ) -> None:
-    """Set a stack's daily budget (UTC day). Reaching it pauses the stack with reason
-    `budget`."""
-    with admin(_option) as cx:
-        update = BudgetUpdate(tokens_per_day=tokens, usd_per_day=usd)
-        with cx.write() as conn:
-            stacks.set_budget(conn, stack_id, update, cx.now())
-            out = _stack(cx, conn, stack_id)
+    """Set a stack's daily budget (UTC day); limits not given stay as they are. Reaching it
+    pauses the stack with reason `budget`."""
+    with admin(_option) as cx, cx.write() as conn:
+        current = _stack(cx, conn, stack_id).budget
+        update = BudgetUpdate(
+            tokens_per_day=None if clear else (tokens if tokens is not None
+                                               else current.tokens_per_day),
+            usd_per_day=None if clear else (usd if usd is not None else current.usd_per_day))
+        stacks.set_budget(conn, stack_id, update, cx.now())
+        out = _stack(cx, conn, stack_id)
     console.print(Text(f"stack {out.id} {out.name!r}: budget {_budget(out)}"))
 
 

@@ -54,14 +54,25 @@ class LLMError(Exception):
 
 
 class ProviderError(Exception):
-    """A provider's failure in the project's own terms (adapters raise these)."""
+    """A provider's failure in the project's own terms (adapters raise these).
+
+    It carries the attempts that ended in it (`attempts`): the adapter's one failed attempt, or
+    every attempt of a retried call, so whoever gives up on the provider can trace them all.
+    """
 
     status: AttemptStatus = "server_error"
     retryable: bool = True
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None,
+                 attempt: Attempt | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.attempts: list[Attempt] = [attempt] if attempt is not None else []
+
+    @property
+    def attempt(self) -> Attempt | None:
+        """The attempt this error ended (the last one), if it carries any."""
+        return self.attempts[-1] if self.attempts else None
 
 
 class RateLimited(ProviderError):
@@ -85,6 +96,26 @@ class BadRequest(ProviderError):
     retryable = False
 
 
+class AuthError(BadRequest):
+    """The key was refused (401/403). Asking again cannot help; the trace shows it as a
+    refused request (`bad_request`) whose error says the key was refused."""
+
+
+class Skipped(ProviderError):
+    """The call never reached the provider: a wrapper knew it would fail and passed at once,
+    so the fallback serves instead of waiting."""
+
+    retryable = False
+
+
+class SkippedOpenBreaker(Skipped):
+    status: AttemptStatus = "skipped_open_breaker"
+
+
+class SkippedRateLimit(Skipped):
+    status: AttemptStatus = "skipped_rate_limit"
+
+
 class LLM(Protocol):
     @property
     def label(self) -> str:
@@ -94,3 +125,48 @@ class LLM(Protocol):
     def simulated(self) -> bool: ...
 
     async def complete(self, request: LLMRequest) -> LLMResponse: ...
+
+
+class ProviderLLM(LLM, Protocol):
+    """One provider's model (an adapter, or a wrapper around one): wrappers need its names to
+    record the attempts they make or skip themselves."""
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+
+class WrapperLLM:
+    """A wrapper around one provider's model that is itself one: it forwards the names and
+    the call, and subclasses add one concern (retries, a breaker, a rate limit) around it."""
+
+    def __init__(self, inner: ProviderLLM) -> None:
+        self.inner = inner
+
+    @property
+    def label(self) -> str:
+        return self.inner.label
+
+    @property
+    def simulated(self) -> bool:
+        return self.inner.simulated
+
+    @property
+    def provider(self) -> str:
+        return self.inner.provider
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        return await self.inner.complete(request)
+
+    def attempt(self, status: AttemptStatus, started_at: float, *, latency_ms: float = 0.0,
+                error: str | None = None, retry_after_s: float | None = None) -> Attempt:
+        """An attempt in this provider's name (one a wrapper made, skipped or timed out)."""
+        return Attempt(provider=self.provider, model=self.model, status=status,
+                       latency_ms=latency_ms, started_at=started_at, error=error,
+                       retry_after_s=retry_after_s)
