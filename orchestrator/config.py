@@ -29,6 +29,22 @@ class Settings(BaseSettings):
     claim_batch: int = Field(default=200, ge=1)
     catchup_slots: int = Field(default=6, ge=0, description="missed beat slots fanned out late")
 
+    # The LLM chain (providers without an API key are left out; none at all: simulated).
+    llm_chain: str = "groq:llama-3.3-70b-versatile,openai:gpt-4o-mini"
+    llm_timeout_s: float = Field(default=30.0, gt=0, description="one attempt's timeout")
+    llm_max_attempts: int = Field(default=3, ge=1, description="attempts per provider")
+    llm_backoff_base_s: float = Field(default=0.5, ge=0)
+    llm_backoff_cap_s: float = Field(default=8.0, ge=0)
+    llm_max_wait_s: float = Field(default=10.0, ge=0,
+                                  description="longest retry-after honoured before falling back")
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    groq_rpm: int | None = Field(default=30, ge=1)
+    groq_tpm: int | None = Field(default=12_000, ge=1)
+    openai_rpm: int | None = Field(default=None, ge=1)
+    openai_tpm: int | None = Field(default=None, ge=1)
+    llm_prices: str = Field(default="", description='JSON: {"model": [usd_in, usd_out]} per 1M')
+
     @field_validator("sim_latency_ms")
     @classmethod
     def _latency(cls, v: str) -> str:
@@ -42,3 +58,24 @@ class Settings(BaseSettings):
     @property
     def agent_paths(self) -> list[str]:
         return [p.strip() for p in self.agents.split(",") if p.strip()]
+
+
+class ProviderEnv(BaseSettings):
+    """The providers' own variables, read as their SDKs read them (and from `.env`)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    groq_api_key: SecretStr | None = None
+    groq_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+
+    def as_env(self) -> dict[str, str]:
+        """The set ones, under the SDKs' variable names."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value:
+                out[name.upper()] = str(value)
+        return out
