@@ -3,6 +3,7 @@
     tickwork up | beat | worker | dashboard     run the system, or one of its roles
     tickwork db upgrade                         migrate the database to the latest revision
     tickwork stacks ... / tickwork ticks ...    manage stacks and inspect ticks
+    tickwork sim-llm                            serve the simulated OpenAI/Groq API
 
 Settings come from the environment (TICKWORK_*, and `.env`); the admin commands write straight
 to the database at TICKWORK_DATABASE_URL. `main()` configures logging once: TICKWORK_LOG_LEVEL,
@@ -19,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from orchestrator import cli_serve, cli_stacks, cli_ticks
+from orchestrator import cli_serve, cli_sim, cli_stacks, cli_ticks
 from orchestrator.cli_common import console, load_settings, mask_url, open_database
 from schema.migrate import current, head
 
@@ -34,6 +35,7 @@ db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(cli_stacks.app, name="stacks")
 app.add_typer(cli_ticks.app, name="ticks")
+app.command("sim-llm")(cli_sim.sim_llm)
 
 LONG_RUNNING = frozenset({"up", "beat", "worker", "dashboard"})
 
