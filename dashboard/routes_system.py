@@ -119,13 +119,13 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
     async def metrics() -> PlainTextResponse:
         """Prometheus text format."""
         ticks, stacks = await rt.db.query(_counts)
-        body = render_metrics(ticks, stacks, tailer.clients, rt.llm.label, rt.llm.simulated)
+        body = render_metrics(ticks, stacks, tailer.clients, rt.llm_label, rt.llm.simulated)
         return PlainTextResponse(body, media_type=PROMETHEUS_TEXT)
 
     @api.get("/")
     async def index() -> dict[str, Any]:
         """Where to go from here (the JSON API's entry point)."""
-        return {"name": "tickwork", "version": version(), "llm": rt.llm.label,
+        return {"name": "tickwork", "version": version(), "llm": rt.llm_label,
                 "simulated": rt.llm.simulated,
                 "links": {"stacks": "/api/stacks", "events": "/api/events",
                           "system": "/api/system", "openapi": "/openapi.json",
@@ -134,7 +134,7 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
     @api.get("/api/system")
     async def system() -> SystemOut:
         """Which model answers (a simulated one says so), the beat, the version, the agents."""
-        return SystemOut(llm=rt.llm.label, simulated=rt.llm.simulated,
+        return SystemOut(llm=rt.llm_label, simulated=rt.llm.simulated,
                          tick_interval=rt.settings.tick_interval, version=version(),
                          agents=rt.registry.names())
 

@@ -43,7 +43,7 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
     settings = Settings(_env_file=None, database_url=db_url, tick_interval=interval,  # type: ignore[call-arg]
                         sim_latency_ms=latency, max_concurrent_ticks=max(1000, 2 * stacks),
                         admin_token=SecretStr("load-test"))
-    rt = Runtime.build(settings)
+    rt = Runtime.build(settings, env={})  # the in-process simulated model
     _seed_stacks(rt, stacks)
     samples: list[tuple[float, float]] = []  # (wall, process cpu) at each fire
     fire = rt.beat.fire

@@ -159,7 +159,8 @@ def banner(role: Role, rt: Runtime, url: str | None) -> None:
     if role.worker:
         lines.append(("concurrency", f"up to {rt.settings.max_concurrent_ticks} ticks"))
         style = "yellow" if rt.llm.simulated else ""
-        lines.append(("LLM chain", Text(rt.llm.label, style=style)))
+        lines.append(("LLM chain", Text(rt.llm_label, style=style)))
+        lines.extend(("", Text(note, style="dim")) for note in rt.llm_notes)
     console.print(Text.assemble(("tickwork " + role.name, "bold"), f"  {role.summary}"),
                   soft_wrap=True)
     for label, value in lines:
@@ -174,7 +175,9 @@ def _log_start(role: Role, rt: Runtime, url: str | None) -> None:
     if role.beat:
         parts.append(f"beat every {rt.settings.tick_interval} s")
     if role.worker:
-        chain = rt.llm.label
+        chain = rt.llm_label
+        if rt.llm_notes:
+            chain += f" ({'; '.join(rt.llm_notes)})"
         if rt.llm.simulated:
             chain += " (the built-in simulated model: no real provider is called)"
         parts.append(f"LLM chain {chain}")

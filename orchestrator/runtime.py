@@ -11,15 +11,18 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
 from agents.llm.base import LLM
+from agents.llm.chain import Chain, ChainOptions, build_chain
 from agents.llm.sim import SimulatedLLM
 from agents.registry import AgentRegistry
 from orchestrator.beat import Beat, BeatScheduler
 from orchestrator.bus import InProcessBus
-from orchestrator.config import Settings
+from orchestrator.config import ProviderEnv, Settings
 from orchestrator.reaper import Reaper
 from orchestrator.runner import TickRunner
 from orchestrator.worker import Worker, WorkerConfig
@@ -30,9 +33,28 @@ from schema.migrate import upgrade
 log = logging.getLogger("tickwork")
 
 
-def build_llm(settings: Settings, clock: Clock) -> LLM:
-    """The model chain. With no provider configured, the simulated model serves."""
-    return SimulatedLLM(clock, settings.sim_latency, settings.sim_seed)
+def chain_options(settings: Settings) -> ChainOptions:
+    try:
+        prices = orjson.loads(settings.llm_prices) if settings.llm_prices.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"TICKWORK_LLM_PRICES is not JSON ({exc}); write e.g. "
+                         '{"gpt-4o-mini": [0.15, 0.6]}') from None
+    return ChainOptions(
+        attempt_timeout_s=settings.llm_timeout_s, max_attempts=settings.llm_max_attempts,
+        backoff_base_s=settings.llm_backoff_base_s, backoff_cap_s=settings.llm_backoff_cap_s,
+        max_wait_s=settings.llm_max_wait_s, breaker_threshold=settings.breaker_threshold,
+        breaker_cooldown_s=settings.breaker_cooldown_s, groq_rpm=settings.groq_rpm,
+        groq_tpm=settings.groq_tpm, openai_rpm=settings.openai_rpm,
+        openai_tpm=settings.openai_tpm, prices=prices)
+
+
+def build_llm(settings: Settings, clock: Clock, env: Mapping[str, str] | None = None) -> Chain:
+    """The model chain from TICKWORK_LLM_CHAIN and the providers' keys; with no key set, the
+    simulated model serves (and says so)."""
+    sim = SimulatedLLM(clock, settings.sim_latency, settings.sim_seed)
+    provider_env = ProviderEnv().as_env() if env is None else dict(env)
+    return build_chain(settings.llm_chain, provider_env, clock, chain_options(settings),
+                       fallback=sim)
 
 
 @dataclass
@@ -43,6 +65,7 @@ class Runtime:
     bus: InProcessBus
     registry: AgentRegistry
     llm: LLM
+    chain: Chain | None
     runner: TickRunner
     worker: Worker
     reaper: Reaper
@@ -53,7 +76,10 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, *, migrate: bool = True,
-              llm: LLM | None = None, registry: AgentRegistry | None = None) -> Runtime:
+              llm: LLM | None = None, registry: AgentRegistry | None = None,
+              env: Mapping[str, str] | None = None) -> Runtime:
+        """`llm` replaces the chain (tests); `env` replaces the providers' variables, which
+        are otherwise read from the environment and `.env`."""
         clock = clock or SystemClock()
         db = Database(settings.database_url)
         if migrate:
@@ -61,7 +87,10 @@ class Runtime:
         bus = InProcessBus(clock)
         db.add_commit_listener(bus.publish)
         registry = registry or AgentRegistry.default(settings.agent_paths)
-        llm = llm or build_llm(settings, clock)
+        chain: Chain | None = None
+        if llm is None:
+            chain = build_llm(settings, clock, env)
+            llm = chain.llm
         runner = TickRunner(db, registry, llm, clock, settings.lease_s)
         worker = Worker(db, runner, bus, clock, WorkerConfig(
             max_concurrent=settings.max_concurrent_ticks, lease_s=settings.lease_s,
@@ -71,7 +100,19 @@ class Runtime:
         beat = Beat(db, clock, settings.tick_interval, settings.catchup_slots)
         token = (settings.admin_token.get_secret_value() if settings.admin_token
                  else secrets.token_urlsafe(24))
-        return cls(settings, clock, db, bus, registry, llm, runner, worker, reaper, beat, token)
+        return cls(settings, clock, db, bus, registry, llm, chain, runner, worker, reaper, beat,
+                   token)
+
+    @property
+    def llm_label(self) -> str:
+        """Which chain serves, for start-up lines and the API ("simulated" when it is)."""
+        if self.chain is None or self.chain.providers:
+            return self.llm.label
+        return f"{self.llm.label} — {self.chain.label}"
+
+    @property
+    def llm_notes(self) -> list[str]:
+        return list(self.chain.notes) if self.chain is not None else []
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
@@ -103,6 +144,8 @@ class Runtime:
                 await task
         self._tasks.clear()
         await self.bus.close()
+        if self.chain is not None:
+            await self.chain.aclose()
 
     def close(self) -> None:
         self.db.close()

@@ -82,7 +82,7 @@ def settings(db_url: str) -> Settings:
 @pytest.fixture
 def runtime(settings: Settings, clock: FakeClock) -> Iterator[Runtime]:
     """A Runtime on the fake clock, not started: tests fire the beat and drive the worker."""
-    rt = Runtime.build(settings, clock)
+    rt = Runtime.build(settings, clock, env={})  # no provider keys: the simulated model
     try:
         yield rt
     finally:

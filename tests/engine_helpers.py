@@ -116,7 +116,8 @@ def settle(db: Database, clock: FakeClock) -> None:
 def build_runtime(db_url: str, clock: FakeClock, *, llm: Any = None,
                   registry: AgentRegistry | None = None, **overrides: Any) -> Iterator[Runtime]:
     """A Runtime on the fake clock with the given model and agents; not started."""
-    rt = Runtime.build(make_settings(db_url, **overrides), clock, llm=llm, registry=registry)
+    rt = Runtime.build(make_settings(db_url, **overrides), clock, llm=llm, registry=registry,
+                       env={})
     try:
         yield rt
     finally:

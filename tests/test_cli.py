@@ -92,7 +92,7 @@ def _idle(conn: Any) -> bool:
 def _run_queued_ticks(db_url: str) -> None:
     """Let a real worker run every queued tick to the end (simulated model, no latency)."""
     async def go() -> None:
-        rt = Runtime.build(make_settings(db_url))
+        rt = Runtime.build(make_settings(db_url), env={})
         try:
             await rt.start(beat=False, worker=True, scheduler=False)
             try:

@@ -76,7 +76,8 @@ def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
 
     def start(*, token: str | None = TOKEN) -> Up:
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith("TICKWORK_") or k in KEEP_ENV}
+               if (not k.startswith("TICKWORK_") or k in KEEP_ENV)
+               and not k.startswith(("GROQ_", "OPENAI_"))}  # the simulated model serves
         env.update(TICKWORK_DATABASE_URL=f"sqlite:///{tmp_path / 'up.db'}",
                    TICKWORK_SIM_LATENCY_MS="20,60", PYTHONUNBUFFERED="1", COLUMNS="200")
         if token is not None:
