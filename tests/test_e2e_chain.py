@@ -19,7 +19,7 @@ from schema.clock import FakeClock
 from schema.models import StackCreate
 from tests.conftest import make_settings
 from tests.engine_helpers import run_queued, ticks_of
-from tests.test_llm_sdk import sdk_env, serving
+from tests.sim_helpers import sdk_env, serving
 
 COOLDOWN = 30.0
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import uvicorn
 
 from agents.base import StackView, TickContext
 from agents.llm.base import (
@@ -32,39 +31,12 @@ from agents.team import run_step
 from schema.outputs import PlannerOutput
 from tests.conftest import wait_for
 from tests.llm_fakes import SteppingClock, request
+from tests.sim_helpers import sdk_env, serving
 
 QUICK = ChainOptions(max_attempts=2, backoff_base_s=0.0, attempt_timeout_s=30)
 
 
 # -- the simulated API on loopback --------------------------------------------------------
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the test process keeps its own."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                    access_log=False, lifespan="off",
-                                    timeout_graceful_shutdown=2))
-    task = asyncio.ensure_future(server.serve())
-    try:
-        await wait_for(lambda: server.started or task.done(), what="uvicorn to start")
-        assert server.started, task.result()
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", server
-    finally:
-        server.should_exit = True
-        await task
-
-
-def sdk_env(base: str) -> dict[str, str]:
-    return {"GROQ_API_KEY": "sim-key", "GROQ_BASE_URL": base,
-            "OPENAI_API_KEY": "sim-key", "OPENAI_BASE_URL": f"{base}/v1"}
 
 
 @contextlib.asynccontextmanager

@@ -1,107 +1,34 @@
-"""`tickwork sim-llm`: the simulated OpenAI/Groq API that integration and load tests drive with
-the real SDKs.
-
-The app is tested in process (httpx's ASGI transport, time on a FakeClock: latency, hangs and
-rate windows move only when the test advances the clock), then served by uvicorn on a free
-loopback port and called with the official `groq` and `openai` SDKs, exactly as tickwork's
-providers call it; the command itself runs through CliRunner and as a real process.
-"""
+"""`tickwork sim-llm`, in process: the app through httpx's ASGI transport, with time on a
+FakeClock (latency, hangs and rate windows move only when the test advances the clock)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
-import groq
-import httpx
-import openai
 import orjson
 import pytest
-import uvicorn
-from pydantic import BaseModel
-from typer.testing import CliRunner
 
-from agents.base import StackView, TickContext
 from agents.llm.sim import count_tokens
 from agents.llm.simknobs import SimConfig
 from agents.llm.simserver import MODELS, create_sim_app
 from agents.llm.simwindow import fmt_duration
-from agents.registry import DEFAULT_TEAM, AgentRegistry
-from agents.team import FORMAT
-from orchestrator.cli import app as cli_app
+from agents.registry import DEFAULT_TEAM
 from schema.clock import FakeClock
-from schema.outputs import PlannerOutput
 from tests.conftest import wait_for
-
-PATHS = {"openai": "/v1/chat/completions", "groq": "/openai/v1/chat/completions"}
-MODEL = {"openai": "gpt-4o-mini", "groq": "llama-3.3-70b-versatile"}
-PROVIDERS = ["groq", "openai"]
-RATE_HEADERS = ["x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
-                "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens",
-                "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
-
-
-def parse_duration(text: str) -> float:
-    """A rate-limit header's duration ("2m59.56s", "7.66s", "120ms") in seconds, as a client
-    reads it; raises if it is not in that format."""
-    found = _DURATION.match(text)
-    assert found and text, f"not a duration: {text!r}"
-    hours, minutes, secs, millis = found.groups()
-    return (int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
-            + int(millis or 0) / 1000)
-
-
-def context(goal: str = "publish a weekly newsletter about tide pools") -> TickContext:
-    return TickContext(stack=StackView(1, "tides", goal), tick_id=1, slot=180_000_000,
-                       attempt=1)
-
-
-def agent_messages(name: str, goal: str = "publish a weekly newsletter about tide pools"
-                   ) -> tuple[list[dict[str, str]], type[BaseModel]]:
-    """The messages a built-in agent's step sends (the team's FORMAT first), and its model."""
-    agent = AgentRegistry.default(plugins=False).get(name)
-    schema = orjson.dumps(agent.output_type.model_json_schema()).decode()
-    messages = [{"role": "system", "content": FORMAT.format(schema=schema)},
-                *agent.prompt(context(goal))]
-    return messages, agent.output_type
-
-
-def planner(goal: str = "publish a weekly newsletter about tide pools") -> list[dict[str, str]]:
-    return agent_messages("planner", goal)[0]
-
-
-@contextlib.asynccontextmanager
-async def asgi(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
-        yield client
-
-
-async def chat(client: httpx.AsyncClient, provider: str, messages: list[dict[str, str]],
-               **extra: Any) -> httpx.Response:
-    return await client.post(PATHS[provider], json={"model": MODEL[provider],
-                                                    "messages": messages, **extra})
-
-
-def content_of(resp: httpx.Response) -> str:
-    assert resp.status_code == 200, resp.text
-    return str(resp.json()["choices"][0]["message"]["content"])
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
+from tests.sim_helpers import (
+    MODEL,
+    PATHS,
+    PROVIDERS,
+    RATE_HEADERS,
+    agent_messages,
+    asgi,
+    chat,
+    content_of,
+    parse_duration,
+    planner,
+    run,
+)
 
 # -- the app, in process ----------------------------------------------------------------
 
@@ -390,217 +317,3 @@ def test_model_lists_in_openai_shape() -> None:
     run(main())
 
 
-# -- served by uvicorn, called with the real SDKs ----------------------------------------
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
-    """Serve `app` on a free loopback port in this event loop; yields (base URL, server)."""
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                    access_log=False, lifespan="off",
-                                    timeout_graceful_shutdown=2))
-    task = asyncio.ensure_future(server.serve())
-    try:
-        await wait_for(lambda: server.started or task.done(), what="uvicorn to start")
-        assert server.started, task.result()
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        await task
-
-
-def sdk(provider: str, base: str, **options: Any) -> Any:
-    if provider == "groq":
-        return groq.AsyncGroq(api_key="sim", base_url=base, max_retries=0, **options)
-    return openai.AsyncOpenAI(api_key="sim", base_url=f"{base}/v1", max_retries=0, **options)
-
-
-def errors_of(provider: str) -> Any:
-    return groq if provider == "groq" else openai
-
-
-async def create(client: Any, provider: str, messages: list[dict[str, str]]) -> Any:
-    """A chat completion through the SDK's raw response: (parsed completion, headers)."""
-    raw = await client.chat.completions.with_raw_response.create(
-        model=MODEL[provider], messages=messages)
-    parsed = raw.parse()
-    if inspect.isawaitable(parsed):
-        parsed = await parsed
-    return parsed, raw.headers
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_the_sdks_get_valid_agent_answers_with_usage_and_headers(provider: str) -> None:
-    async def main() -> None:
-        app = create_sim_app(SimConfig(latency_ms="0"), clock=FakeClock())
-        async with serving(app) as (base, _), sdk(provider, base) as client:
-            completion, headers = await create(client, provider, planner())
-            PlannerOutput.model_validate_json(completion.choices[0].message.content)
-            assert completion.model == MODEL[provider]
-            assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
-            if provider == "groq":
-                assert completion.x_groq.id.startswith("req_")
-                assert completion.usage.total_time is not None
-                assert completion.usage.queue_time is not None
-            for name in RATE_HEADERS:
-                assert name in headers
-            assert int(headers["x-ratelimit-remaining-requests"]) == int(
-                headers["x-ratelimit-limit-requests"]) - 1
-            assert parse_duration(headers["x-ratelimit-reset-requests"]) == 60
-            again, _ = await create(client, provider, planner())
-            assert again.choices[0].message.content == completion.choices[0].message.content
-            listed = await client.models.list()
-            assert MODELS[provider][0] in [m.id for m in listed.data]  # type: ignore[index]
-
-    run(main())
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_the_sdks_raise_their_own_errors_and_knobs_apply_live(provider: str) -> None:
-    clock = FakeClock()  # never advanced: a 1 s latency would never end
-
-    async def main() -> None:
-        errors = errors_of(provider)
-        app = create_sim_app(SimConfig(latency_ms="0", rate_limit_rate=1, retry_after_s=3),
-                             clock=clock)
-        async with serving(app) as (base, _), sdk(provider, base) as client, \
-                httpx.AsyncClient(base_url=base) as admin:
-            with pytest.raises(errors.RateLimitError) as limited:
-                await create(client, provider, planner())
-            assert limited.value.response.headers["retry-after"] == "3"
-            assert limited.value.status_code == 429
-            await admin.post("/_sim/config", json={"rate_limit_rate": 0, "error_rate": 1})
-            with pytest.raises(errors.InternalServerError) as failed:
-                await create(client, provider, planner())
-            assert failed.value.status_code == 500
-            await admin.post("/_sim/config", json={"error_rate": 0, "latency_ms": "1000",
-                                                   provider: {"down": True}})
-            with pytest.raises(errors.InternalServerError) as down:
-                # At once, despite the latency (which would never end on this clock).
-                await asyncio.wait_for(create(client, provider, planner()), 10)
-            assert down.value.status_code == 503
-            await admin.post("/_sim/config", json={"latency_ms": "0",
-                                                   provider: {"down": False}})
-            completion, _ = await create(client, provider, planner())
-            PlannerOutput.model_validate_json(completion.choices[0].message.content)
-            stats = (await admin.get("/_sim/stats")).json()[provider]
-            assert stats == {**stats, "requests": 4, "ok": 1, "rate_limited": 1,
-                             "server_error": 1, "down": 1}
-
-    run(main())
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_a_hang_times_out_in_the_sdk_and_is_released(provider: str) -> None:
-    async def main() -> None:
-        errors = errors_of(provider)
-        app = create_sim_app(SimConfig(latency_ms="0", hang_rate=1), clock=FakeClock())
-        async with serving(app) as (base, server), sdk(provider, base, timeout=0.3) as client:
-            with pytest.raises(errors.APITimeoutError):
-                await create(client, provider, planner())
-            # The client gave up and closed its connection; the hung request ends with it.
-            await wait_for(lambda: not server.server_state.connections
-                           and not server.server_state.tasks, what="the hang to be released")
-            assert app.state.sim.stats[provider]["hung"] == 1
-
-    run(main())
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_enforced_rpm_through_the_sdk(provider: str) -> None:
-    clock = FakeClock()
-
-    async def main() -> None:
-        errors = errors_of(provider)
-        app = create_sim_app(SimConfig(latency_ms="0", rpm=3), clock=clock)
-        async with serving(app) as (base, _), sdk(provider, base) as client:
-            remaining = []
-            for _ in range(3):
-                _, headers = await create(client, provider, planner())
-                remaining.append(int(headers["x-ratelimit-remaining-requests"]))
-                clock.advance(10)
-            assert remaining == [2, 1, 0]
-            with pytest.raises(errors.RateLimitError) as limited:
-                await create(client, provider, planner())
-            headers = limited.value.response.headers
-            assert float(headers["retry-after"]) == 30  # the first request leaves at +60 s
-            clock.advance(30)
-            await create(client, provider, planner())
-
-    run(main())
-
-
-# -- the command ---------------------------------------------------------------------------
-
-
-def test_the_command_has_help() -> None:
-    result = CliRunner().invoke(cli_app, ["sim-llm", "--help"], env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    for flag in ("--port", "--latency-ms", "--error-rate", "--rate-limit-rate", "--hang-rate",
-                 "--down", "--rpm", "--tpm", "--seed"):
-        assert flag in result.output
-
-
-@pytest.mark.parametrize(("args", "says"), [
-    (["--latency-ms", "fast"], "latency must be MEDIAN[,P99]"),
-    (["--latency-ms", "600,200"], "latency needs 0 <= MEDIAN <= P99"),
-    (["--error-rate", "2"], "--error-rate"),
-    (["--down", "anthropic"], "is not groq or openai"),
-    (["--rpm", "groq=many"], "is not PROVIDER=N"),
-    (["--rpm", "mistral=3"], "the provider must be groq, openai or both"),
-    (["--tpm", "openai=0"], "openai.tpm: Input should be greater than or equal to 1"),
-    (["--error-rate", "0.6", "--hang-rate", "0.6"], "must be at most 1"),
-])
-def test_bad_flags_exit_2_with_a_readable_message(args: list[str], says: str) -> None:
-    result = CliRunner().invoke(cli_app, ["sim-llm", *args], env={"COLUMNS": "250"})
-    assert result.exit_code == 2, result.output
-    assert says in result.output
-    assert "Traceback" not in result.output
-
-
-def test_the_command_serves_the_sdk_and_stops_on_sigterm(tmp_path: Path) -> None:
-    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "sim-llm", "--port", "0", "--latency-ms",
-             "5,20", "--seed", "3"], cwd=tmp_path, env=env, stdout=stdout, stderr=stderr)
-    try:
-        deadline = time.monotonic() + 20
-        base = None
-        while base is None:
-            assert proc.poll() is None, f"exited {proc.returncode}: {err.read_text()}"
-            assert time.monotonic() < deadline, "no banner within 20 s"
-            found = re.search(r"OPENAI_BASE_URL=(http://127\.0\.0\.1:\d+/v1)", out.read_text())
-            base = found.group(1) if found else None
-            time.sleep(0.05)
-        banner = out.read_text()
-        assert "SIMULATED" in banner
-        assert f"GROQ_BASE_URL={base.removesuffix('/v1')}\n" in banner
-        assert "OPENAI_API_KEY=sim" in banner and "GROQ_API_KEY=sim" in banner
-        while True:
-            try:
-                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "not answering within 20 s"
-            time.sleep(0.05)
-        with openai.OpenAI(api_key="sim", base_url=base, max_retries=0) as client:
-            completion = client.chat.completions.create(model="gpt-4o-mini",
-                                                        messages=planner())  # type: ignore[arg-type]
-        PlannerOutput.model_validate_json(completion.choices[0].message.content or "")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0, err.read_text()
-        assert "Traceback" not in err.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
