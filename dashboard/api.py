@@ -11,8 +11,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from dashboard import errors, routes_stacks, routes_system, sse
+from dashboard import errors, pages, routes_stacks, routes_system, sse, system
 from dashboard.auth import Authenticator
+from dashboard.session import SessionStore
 from orchestrator.runtime import Runtime
 
 
@@ -20,6 +21,8 @@ def create_app(rt: Runtime, *, event_backlog: int = sse.MAX_PENDING) -> FastAPI:
     """Build the web app for `rt`. `event_backlog`: how many events a slow event-stream client
     may fall behind before it is dropped (it then reconnects and resumes)."""
     auth = Authenticator(rt.admin_token)
+    sessions = SessionStore(rt.admin_token, rt.clock)
+    auth.checks.append(sessions.check)  # a signed-in page: session cookie + CSRF header
     tailer = sse.EventTailer(rt.db, rt.bus, rt.settings.poll_s, max_pending=event_backlog)
 
     @asynccontextmanager
@@ -39,8 +42,12 @@ def create_app(rt: Runtime, *, event_backlog: int = sse.MAX_PENDING) -> FastAPI:
     app.state.runtime = rt
     app.state.auth = auth
     app.state.events = tailer
+    app.state.sessions = sessions
     errors.install(app)
+    pages.mount_static(app)
+    app.include_router(pages.router(rt, sessions))
     app.include_router(routes_system.router(rt, tailer))
+    app.include_router(system.router(rt))
     app.include_router(routes_stacks.router(rt, auth))
     app.include_router(sse.router(rt.db, tailer))
     return app

@@ -2,9 +2,9 @@
 
 An `Authenticator` asks its checks in turn; the first that recognises the request names the
 principal. A check returns None when the request carries none of its credentials, and raises
-`Unauthorized` when it carries them but they are wrong. Today there is one check, the bearer
-token (`Authorization: Bearer <admin token>`); a cookie-session check (with its CSRF test)
-goes in the same list.
+`Unauthorized` when it carries them but they are wrong. The bearer token
+(`Authorization: Bearer <admin token>`) is checked first; `create_app` appends the signed-in
+page's check (`dashboard.session`: a session cookie plus its CSRF header).
 
 Write routes are guarded by their route class (`Authenticator.route_class`), so the check runs
 before the request body is even read: an unauthenticated request learns nothing else.
@@ -27,7 +27,7 @@ SIGN_IN_REQUIRED = "sign-in required: send Authorization: Bearer <admin token>"
 @dataclass(frozen=True, slots=True)
 class Principal:
     name: str
-    via: str  # which check recognised the request: "bearer", later "session"
+    via: str  # which check recognised the request: "bearer" or "session"
 
 
 class Unauthorized(Exception):

@@ -1,27 +1,26 @@
 """Health, metrics and what this system is: /livez, /readyz, /metrics, /api/system.
 
-/metrics speaks the Prometheus text format (names prefixed `tickwork_`), written by hand: a
-handful of gauges read from the database at scrape time.
+/metrics speaks the Prometheus text format (names prefixed `tickwork_`); `dashboard.metrics`
+writes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-from typing import Any, get_args
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, text
 
+from dashboard import metrics as metrics_text
 from dashboard.sse import EventTailer
 from orchestrator.runtime import Runtime
-from schema import tables as t
-from schema.models import ExecutionState, TickStatus
 
 READY_TIMEOUT_S = 2.0
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+PROMETHEUS_TEXT = metrics_text.CONTENT_TYPE
 
 
 def version() -> str:
@@ -60,40 +59,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
 
 
-def _counts(conn: Connection) -> tuple[dict[str, int], dict[str, int]]:
-    ticks = {status: n for status, n in conn.execute(
-        select(t.ticks.c.status, func.count()).group_by(t.ticks.c.status))}
-    stacks = {state: n for state, n in conn.execute(
-        select(t.stacks.c.execution_state, func.count())
-        .where(t.stacks.c.deleted_at.is_(None)).group_by(t.stacks.c.execution_state))}
-    return ticks, stacks
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def render_metrics(ticks: dict[str, int], stacks: dict[str, int], sse_clients: int,
-                   llm: str, simulated: bool) -> str:
-    lines: list[str] = []
-
-    def gauge(name: str, help_text: str, samples: list[tuple[str, int]]) -> None:
-        lines.extend([f"# HELP tickwork_{name} {help_text}", f"# TYPE tickwork_{name} gauge"])
-        lines.extend(f"tickwork_{name}{labels} {value}" for labels, value in samples)
-
-    gauge("ticks", "Ticks by status.",
-          [(f'{{status="{s}"}}', ticks.get(s, 0)) for s in get_args(TickStatus)])
-    gauge("stacks", "Stacks (not deleted) by execution state.",
-          [(f'{{state="{s}"}}', stacks.get(s, 0)) for s in get_args(ExecutionState)])
-    gauge("queue_depth", "Ticks queued and not yet claimed.", [("", ticks.get("queued", 0))])
-    gauge("event_stream_clients", "Clients connected to the event stream.",
-          [("", sse_clients)])
-    gauge("info", "This process: its version and model.",
-          [(f'{{version="{_label(version())}",llm="{_label(llm)}",'
-            f'simulated="{str(simulated).lower()}"}}', 1)])
-    return "\n".join(lines) + "\n"
-
-
 def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
     api = APIRouter(tags=["system"])
 
@@ -118,11 +83,10 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
              responses={200: {"content": {PROMETHEUS_TEXT: {}}}})
     async def metrics() -> PlainTextResponse:
         """Prometheus text format."""
-        ticks, stacks = await rt.db.query(_counts)
-        body = render_metrics(ticks, stacks, tailer.clients, rt.llm_label, rt.llm.simulated)
+        body = await metrics_text.scrape(rt, tailer.clients, version())
         return PlainTextResponse(body, media_type=PROMETHEUS_TEXT)
 
-    @api.get("/")
+    @api.get("/api")
     async def index() -> dict[str, Any]:
         """Where to go from here (the JSON API's entry point)."""
         return {"name": "tickwork", "version": version(), "llm": rt.llm_label,

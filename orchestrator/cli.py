@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from orchestrator import cli_serve, cli_sim, cli_stacks, cli_ticks
+from orchestrator import cli_serve, cli_sim, cli_stacks, cli_ticks, cli_top
 from orchestrator.cli_common import console, load_settings, mask_url, open_database
 from schema.migrate import current, head
 
@@ -36,6 +36,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(cli_stacks.app, name="stacks")
 app.add_typer(cli_ticks.app, name="ticks")
 app.command("sim-llm")(cli_sim.sim_llm)
+app.command("top")(cli_top.top)
 
 LONG_RUNNING = frozenset({"up", "beat", "worker", "dashboard"})
 

@@ -17,6 +17,7 @@ from agents.registry import AgentRegistry, UnknownAgent
 from agents.team import run_step
 from orchestrator import journal, queue, stacks
 from orchestrator.queue import Claimed
+from orchestrator.stats import Stats
 from schema import tables as t
 from schema.clock import Clock
 from schema.db import Database
@@ -30,8 +31,9 @@ class LeaseLost(Exception):
 
 class TickRunner:
     def __init__(self, db: Database, registry: AgentRegistry, llm: LLM, clock: Clock,
-                 lease_s: float) -> None:
+                 lease_s: float, stats: Stats | None = None) -> None:
         self._db = db
+        self._stats = stats or Stats()
         self._registry = registry
         self._llm = llm
         self._clock = clock
@@ -68,6 +70,7 @@ class TickRunner:
         seed = f"{tick.stack_id}:{tick.slot if tick.slot is not None else f't{tick.id}'}:" \
                f"{agent.name}"
         result = await run_step(agent, ctx, self._llm, seed)
+        self._stats.step_finished(result.attempts)
         final: tuple[str, str | None] | None = None
         if result.status == "failed":
             final = ("failed", f"step {index} ({agent.name}) failed: {result.error}")

@@ -25,6 +25,7 @@ from orchestrator.bus import InProcessBus
 from orchestrator.config import ProviderEnv, Settings
 from orchestrator.reaper import Reaper
 from orchestrator.runner import TickRunner
+from orchestrator.stats import Stats
 from orchestrator.worker import Worker, WorkerConfig
 from schema.clock import Clock, SystemClock
 from schema.db import Database
@@ -71,6 +72,7 @@ class Runtime:
     reaper: Reaper
     beat: Beat
     admin_token: str
+    stats: Stats = field(default_factory=Stats)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _scheduler: BeatScheduler | None = None
 
@@ -91,24 +93,25 @@ class Runtime:
         if llm is None:
             chain = build_llm(settings, clock, env)
             llm = chain.llm
-        runner = TickRunner(db, registry, llm, clock, settings.lease_s)
+        stats = Stats()
+        runner = TickRunner(db, registry, llm, clock, settings.lease_s, stats)
         worker = Worker(db, runner, bus, clock, WorkerConfig(
             max_concurrent=settings.max_concurrent_ticks, lease_s=settings.lease_s,
             tick_timeout_s=settings.tick_timeout_s, poll_s=settings.poll_s,
-            claim_batch=settings.claim_batch))
+            claim_batch=settings.claim_batch), stats=stats)
         reaper = Reaper(db, clock, settings.max_attempts, settings.reap_every_s)
         beat = Beat(db, clock, settings.tick_interval, settings.catchup_slots)
         token = (settings.admin_token.get_secret_value() if settings.admin_token
                  else secrets.token_urlsafe(24))
         return cls(settings, clock, db, bus, registry, llm, chain, runner, worker, reaper, beat,
-                   token)
+                   token, stats)
 
     @property
     def llm_label(self) -> str:
         """Which chain serves, for start-up lines and the API ("simulated" when it is)."""
         if self.chain is None or self.chain.providers:
             return self.llm.label
-        return f"{self.llm.label} — {self.chain.label}"
+        return f"{self.llm.label} — no provider key set"
 
     @property
     def llm_notes(self) -> list[str]:

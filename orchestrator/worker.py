@@ -17,6 +17,7 @@ from orchestrator import queue
 from orchestrator.interfaces import Bus
 from orchestrator.queue import Claimed
 from orchestrator.runner import LeaseLost, TickRunner
+from orchestrator.stats import Stats
 from schema.clock import Clock, within
 from schema.db import Database
 from schema.events import TOPIC_QUEUE
@@ -35,8 +36,10 @@ class WorkerConfig:
 
 class Worker:
     def __init__(self, db: Database, runner: TickRunner, bus: Bus, clock: Clock,
-                 config: WorkerConfig, worker_id: str | None = None) -> None:
+                 config: WorkerConfig, worker_id: str | None = None,
+                 stats: Stats | None = None) -> None:
         self.id = worker_id or f"w-{uuid.uuid4().hex[:12]}"
+        self.stats = stats or Stats()
         self._db = db
         self._runner = runner
         self._bus = bus
@@ -63,9 +66,11 @@ class Worker:
         for tick in claimed:
             task = asyncio.create_task(self._run(tick), name=f"tick-{tick.id}")
             self._running[(tick.id, tick.attempt)] = (tick, task)
+        self.stats.ticks_claimed(claimed, self._clock.now())
         return claimed
 
     async def _run(self, tick: Claimed) -> None:
+        started = self._clock.monotonic()
         try:
             await within(self._clock, self._cfg.tick_timeout_s, self._runner.run(tick))
         except TimeoutError:
@@ -73,6 +78,7 @@ class Worker:
                                "timeout")
         except LeaseLost as exc:
             log.warning("%s", exc)
+            return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a runner bug fails this tick only
@@ -82,6 +88,8 @@ class Worker:
             self._running.pop((tick.id, tick.attempt), None)
             self.finished += 1
             self._capacity_freed.set()
+        now = self._clock.monotonic()
+        self.stats.tick_finished(now - started, now)
 
     async def _settle(self, tick: Claimed, status: str, reason: str) -> None:
         try:
