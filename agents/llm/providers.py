@@ -34,7 +34,24 @@ def _value(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-class GroqProvider:
+class _SDKProvider:
+    """What every provider shares: its base URL, closing its client, a key-free repr."""
+
+    client: Any
+    _base_url: str
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self._base_url!r})"
+
+
+class GroqProvider(_SDKProvider):
     """`groq.AsyncGroq` from GROQ_API_KEY and GROQ_BASE_URL."""
 
     name: ClassVar[str] = "groq"
@@ -60,18 +77,9 @@ class GroqProvider:
             return None
         return cls(key, base_url=_value(env, cls.base_url_var), timeout_s=timeout_s)
 
-    @property
-    def base_url(self) -> str:
-        return self._base_url
-
-    async def aclose(self) -> None:
-        await self.client.close()
-
-    def __repr__(self) -> str:
-        return f"GroqProvider(base_url={self._base_url!r})"
 
 
-class OpenAIProvider:
+class OpenAIProvider(_SDKProvider):
     """`openai.AsyncOpenAI` from OPENAI_API_KEY and OPENAI_BASE_URL (and, as the SDK reads
     them, OPENAI_ORG_ID and OPENAI_PROJECT_ID)."""
 
@@ -101,12 +109,3 @@ class OpenAIProvider:
                    organization=_value(env, "OPENAI_ORG_ID"),
                    project=_value(env, "OPENAI_PROJECT_ID"), timeout_s=timeout_s)
 
-    @property
-    def base_url(self) -> str:
-        return self._base_url
-
-    async def aclose(self) -> None:
-        await self.client.close()
-
-    def __repr__(self) -> str:
-        return f"OpenAIProvider(base_url={self._base_url!r})"
