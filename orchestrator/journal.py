@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agents.base import ArtifactView, MessageView, StackView
@@ -36,20 +36,33 @@ class Journal:
     done: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (agent, output)
 
 
-def load(conn: Connection, tick_id: int, stack_id: int, *, history: int = 5) -> Journal:
-    s = conn.execute(select(t.stacks).where(t.stacks.c.id == stack_id)).mappings().one()
-    mem = {k: v for k, v in conn.execute(select(t.memories.c.key, t.memories.c.value)
-                                         .where(t.memories.c.stack_id == stack_id))}
-    msgs = [MessageView(a, b) for a, b in conn.execute(
-        select(t.messages.c.agent, t.messages.c.body).where(t.messages.c.stack_id == stack_id)
-        .order_by(t.messages.c.id.desc()).limit(history))]
-    arts = [ArtifactView(a, b) for a, b in conn.execute(
-        select(t.artifacts.c.title, t.artifacts.c.content)
-        .where(t.artifacts.c.stack_id == stack_id)
-        .order_by(t.artifacts.c.id.desc()).limit(history))]
-    done = {i: (a, o) for i, a, o in conn.execute(
-        select(t.steps.c.index, t.steps.c.agent, t.steps.c.output)
-        .where(t.steps.c.tick_id == tick_id, t.steps.c.status == "succeeded"))}
+# Built once: a statement built per call costs more CPU than running it.
+HISTORY = 5
+_STACK = select(t.stacks).where(t.stacks.c.id == bindparam("stack_id"))
+_MEMORY = (select(t.memories.c.key, t.memories.c.value)
+           .where(t.memories.c.stack_id == bindparam("stack_id")))
+_MESSAGES = (select(t.messages.c.agent, t.messages.c.body)
+             .where(t.messages.c.stack_id == bindparam("stack_id"))
+             .order_by(t.messages.c.id.desc()).limit(HISTORY))
+_ARTIFACTS = (select(t.artifacts.c.title, t.artifacts.c.content)
+              .where(t.artifacts.c.stack_id == bindparam("stack_id"))
+              .order_by(t.artifacts.c.id.desc()).limit(HISTORY))
+_INSERT_STEP = insert(t.steps).returning(t.steps.c.id)
+_INSERT_ATTEMPT = insert(t.llm_attempts)
+_INSERT_MESSAGE = insert(t.messages)
+_INSERT_ARTIFACT = insert(t.artifacts)
+_DONE = (select(t.steps.c.index, t.steps.c.agent, t.steps.c.output)
+         .where(t.steps.c.tick_id == bindparam("tick_id"), t.steps.c.status == "succeeded"))
+
+
+def load(conn: Connection, tick_id: int, stack_id: int) -> Journal:
+    """The stack, its memory and recent history, and the steps this tick has finished."""
+    of_stack = {"stack_id": stack_id}
+    s = conn.execute(_STACK, of_stack).mappings().one()
+    mem = {k: v for k, v in conn.execute(_MEMORY, of_stack)}
+    msgs = [MessageView(a, b) for a, b in conn.execute(_MESSAGES, of_stack)]
+    arts = [ArtifactView(a, b) for a, b in conn.execute(_ARTIFACTS, of_stack)]
+    done = {i: (a, o) for i, a, o in conn.execute(_DONE, {"tick_id": tick_id})}
     return Journal(StackView(s["id"], s["name"], s["goal"]),
                    orjson.loads(s["team"]) if s["team"] else None, s["execution_state"],
                    mem, msgs, arts, done)
@@ -72,15 +85,15 @@ def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, 
     if not hold(conn, tick_id, attempt, now, lease_s):
         return False
     output = result.output.model_dump(mode="json") if result.output is not None else None
-    step_id = conn.execute(insert(t.steps).values(
-        tick_id=tick_id, index=index, agent=result.agent, status=result.status,
-        attempt=attempt, started_at=started_at, finished_at=now,
-        prompt=orjson.dumps(result.prompt).decode(),
-        output=orjson.dumps(output).decode() if output is not None else None,
-        raw_output=result.raw_output, error=result.error,
-    ).returning(t.steps.c.id)).scalar_one()
+    step_id = conn.execute(_INSERT_STEP, {
+        "tick_id": tick_id, "index": index, "agent": result.agent, "status": result.status,
+        "attempt": attempt, "started_at": started_at, "finished_at": now,
+        "prompt": orjson.dumps(result.prompt).decode(),
+        "output": orjson.dumps(output).decode() if output is not None else None,
+        "raw_output": result.raw_output, "error": result.error,
+    }).scalar_one()
     if result.attempts:
-        conn.execute(insert(t.llm_attempts), [
+        conn.execute(_INSERT_ATTEMPT, [
             {"step_id": step_id, "tick_id": tick_id, "seq": seq, "provider": a.provider,
              "model": a.model, "status": a.status, "latency_ms": a.latency_ms,
              "input_tokens": a.input_tokens, "output_tokens": a.output_tokens,
@@ -91,11 +104,11 @@ def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, 
         _upsert_memory(conn, [{"stack_id": stack_id, "key": k, "value": v, "tick_id": tick_id,
                                "updated_at": now} for k, v in fx.memory.items()])
     if fx.messages:
-        conn.execute(insert(t.messages), [
+        conn.execute(_INSERT_MESSAGE, [
             {"stack_id": stack_id, "tick_id": tick_id, "agent": result.agent, "body": body,
              "created_at": now} for body in fx.messages])
     if fx.artifacts:
-        conn.execute(insert(t.artifacts), [
+        conn.execute(_INSERT_ARTIFACT, [
             {"stack_id": stack_id, "tick_id": tick_id, "agent": result.agent, "title": title,
              "content": content, "created_at": now} for title, content in fx.artifacts])
     events: list[Any] = [(STEP_FINISHED, stack_id, tick_id, {

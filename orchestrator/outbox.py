@@ -18,6 +18,8 @@ from schema.db import touch
 from schema.events import TOPIC_EVENTS, EventKind
 
 _OUTBOX_LOCK = 0x7469636B  # "tick"
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_INSERT = insert(t.events)
 
 
 def emit_many(conn: Connection, now: float,
@@ -29,8 +31,8 @@ def emit_many(conn: Connection, now: float,
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _OUTBOX_LOCK})
-    conn.execute(insert(t.events), rows)
+        conn.execute(_LOCK, {"k": _OUTBOX_LOCK})
+    conn.execute(_INSERT, rows)
     touch(conn, TOPIC_EVENTS)
     return len(rows)
 

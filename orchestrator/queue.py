@@ -13,7 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, exists, func, literal, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestrator.outbox import emit_many
@@ -143,13 +153,17 @@ def heartbeat(conn: Connection, worker_id: str, held: Sequence[tuple[int, int]],
     return {(i, a) for i, a in held if (i, a) in still}
 
 
+_HOLD = (update(t.ticks)
+         .where(t.ticks.c.id == bindparam("tick_id"), t.ticks.c.status == "running",
+                t.ticks.c.attempt == bindparam("b_attempt"))
+         .values(lease_expires_at=bindparam("until")))
+
+
 def hold(conn: Connection, tick_id: int, attempt: int, now: float, lease_s: float) -> bool:
     """The fencing check inside a step's transaction: is this attempt still the running one?
     Extends the lease as it checks."""
-    res = conn.execute(update(t.ticks)
-                       .where(t.ticks.c.id == tick_id, t.ticks.c.status == "running",
-                              t.ticks.c.attempt == attempt)
-                       .values(lease_expires_at=now + lease_s))
+    res = conn.execute(_HOLD, {"tick_id": tick_id, "b_attempt": attempt,
+                              "until": now + lease_s})
     return res.rowcount == 1
 
 

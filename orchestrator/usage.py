@@ -8,11 +8,12 @@ pause. Playing it again the same day is refused until the budget is raised.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agents.llm.base import Attempt
@@ -57,34 +58,43 @@ class Spend:
 Event = tuple[EventKind, int | None, int | None, dict[str, Any]]
 
 
+_TICK_SPEND = (update(t.ticks).where(t.ticks.c.id == bindparam("tick_id")).values(
+    input_tokens=t.ticks.c.input_tokens + bindparam("tin"),
+    output_tokens=t.ticks.c.output_tokens + bindparam("tout"),
+    cost_usd=t.ticks.c.cost_usd + bindparam("cost")))
+
+
+@functools.cache
+def _add_usage(dialect_name: str) -> Any:
+    """Upsert today's spend, returning the day's tokens and USD (built once per dialect: a
+    statement built per call costs more CPU than running it)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    u = t.stack_usage.c
+    ins = dialect.insert(t.stack_usage).values(
+        stack_id=bindparam("b_stack"), day=bindparam("b_day"), input_tokens=bindparam("tin"),
+        output_tokens=bindparam("tout"), cost_usd=bindparam("cost"),
+        llm_calls=bindparam("calls"))
+    return ins.on_conflict_do_update(
+        index_elements=["stack_id", "day"],
+        set_={"input_tokens": u.input_tokens + ins.excluded.input_tokens,
+              "output_tokens": u.output_tokens + ins.excluded.output_tokens,
+              "cost_usd": u.cost_usd + ins.excluded.cost_usd,
+              "llm_calls": u.llm_calls + ins.excluded.llm_calls},
+    ).returning(u.input_tokens + u.output_tokens, u.cost_usd)
+
+
 def record(conn: Connection, stack_id: int, tick_id: int, spend: Spend, now: float
            ) -> list[Event]:
     """Add `spend` to the tick and to the stack's day; pause the stack if that crosses its
     budget. Returns the events to write (the caller writes its outbox events last)."""
     if not spend:
         return []
-    conn.execute(update(t.ticks).where(t.ticks.c.id == tick_id).values(
-        input_tokens=t.ticks.c.input_tokens + spend.input_tokens,
-        output_tokens=t.ticks.c.output_tokens + spend.output_tokens,
-        cost_usd=t.ticks.c.cost_usd + spend.cost_usd))
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    ins = dialect.insert(t.stack_usage).values(
-        stack_id=stack_id, day=day_of(now), input_tokens=spend.input_tokens,
-        output_tokens=spend.output_tokens, cost_usd=spend.cost_usd, llm_calls=spend.calls)
-    u = t.stack_usage.c
-    tokens, usd = conn.execute(ins.on_conflict_do_update(
-        index_elements=["stack_id", "day"],
-        set_={"input_tokens": u.input_tokens + ins.excluded.input_tokens,
-              "output_tokens": u.output_tokens + ins.excluded.output_tokens,
-              "cost_usd": u.cost_usd + ins.excluded.cost_usd,
-              "llm_calls": u.llm_calls + ins.excluded.llm_calls},
-    ).returning(u.input_tokens + u.output_tokens, u.cost_usd)).one()
-    s = t.stacks.c
-    row = conn.execute(
-        update(t.stacks)
-        .where(s.id == stack_id, s.execution_state == "running", _crossed(tokens, usd))
-        .values(execution_state="paused", pause_reason=BUDGET, updated_at=now)
-        .returning(*t.stacks.c)).mappings().first()
+    amounts = {"tin": spend.input_tokens, "tout": spend.output_tokens, "cost": spend.cost_usd}
+    conn.execute(_TICK_SPEND, {"tick_id": tick_id, **amounts})
+    tokens, usd = conn.execute(_add_usage(conn.dialect.name), {
+        "b_stack": stack_id, "b_day": day_of(now), "calls": spend.calls, **amounts}).one()
+    row = conn.execute(_PAUSE_IF_CROSSED, {"stack_id": stack_id, "tokens": tokens, "usd": usd,
+                                           "now": now}).mappings().first()
     if row is None:
         return []
     cancelled = cancel_rows(conn, now, t.ticks.c.stack_id == stack_id, REASON_BUDGET_CANCELLED)
@@ -96,6 +106,14 @@ def _crossed(tokens: Any, usd: Any) -> Any:
     s = t.stacks.c
     return or_(and_(s.budget_tokens_per_day.is_not(None), s.budget_tokens_per_day <= tokens),
                and_(s.budget_usd_per_day.is_not(None), s.budget_usd_per_day <= usd))
+
+
+_PAUSE_IF_CROSSED = (
+    update(t.stacks)
+    .where(t.stacks.c.id == bindparam("stack_id"), t.stacks.c.execution_state == "running",
+           _crossed(bindparam("tokens"), bindparam("usd")))
+    .values(execution_state="paused", pause_reason=BUDGET, updated_at=bindparam("now"))
+    .returning(*t.stacks.c))
 
 
 def over_budget(conn: Connection, stack_ids: Sequence[int], now: float) -> set[int]:
