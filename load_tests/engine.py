@@ -6,6 +6,9 @@ ticks expected and started per fired slot, beat lateness (tick start − slot), 
 and the orchestrator's CPU per tick (process CPU over each beat interval divided by the ticks
 started in it; the simulated model runs in-process and its small cost is included).
 
+With `--sim-url URL` the real SDK chain is used instead, pointed at a `tickwork sim-llm`
+server at URL (another process, so its CPU is not in the figure).
+
     python -m load_tests.engine --stacks 100 --duration 60 [--latency 1500,3000] [--json F]
 """
 
@@ -18,6 +21,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +43,14 @@ def _seed_stacks(rt: Runtime, n: int) -> None:
 
 
 async def _run(stacks: int, duration: float, latency: str, interval: int, db_url: str,
-               progress: bool) -> dict[str, Any]:
+               progress: bool, sim_url: str | None = None) -> dict[str, Any]:
     settings = Settings(_env_file=None, database_url=db_url, tick_interval=interval,  # type: ignore[call-arg]
                         sim_latency_ms=latency, max_concurrent_ticks=max(1000, 2 * stacks),
                         admin_token=SecretStr("load-test"))
-    rt = Runtime.build(settings, env={})  # the in-process simulated model
+    env = {} if sim_url is None else {  # {}: the in-process simulated model
+        "GROQ_API_KEY": "sim", "GROQ_BASE_URL": sim_url,
+        "OPENAI_API_KEY": "sim", "OPENAI_BASE_URL": sim_url + "/v1"}
+    rt = Runtime.build(settings, env=env)
     _seed_stacks(rt, stacks)
     samples: list[tuple[float, float]] = []  # (wall, process cpu) at each fire
     fire = rt.beat.fire
@@ -71,7 +78,12 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
     with rt.db.read() as conn:
         rows = list(conn.execute(select(
             t.ticks.c.slot, t.ticks.c.status, t.ticks.c.scheduled_at, t.ticks.c.started_at,
-            t.ticks.c.finished_at).where(t.ticks.c.trigger == "beat")))
+            t.ticks.c.finished_at, t.ticks.c.reason).where(t.ticks.c.trigger == "beat")))
+        # Calls that reached a provider: a skip (open breaker, rate limit) is a trace row, not
+        # a call.
+        calls = list(conn.execute(select(t.llm_attempts.c.started_at)
+                                  .where(t.llm_attempts.c.started_at >= began,
+                                         t.llm_attempts.c.status.not_like("skipped_%"))))
     rt.close()
     slots = sorted({r.slot for r in rows})
     started = [r for r in rows if r.started_at is not None]
@@ -88,23 +100,27 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
     durations = [(r.finished_at - r.started_at) * 1000 for r in started if r.finished_at]
     count = {s: sum(1 for r in rows if r.status == s) for s in ("succeeded", "skipped", "failed")}
     return {
-        "llm": "inprocess", "stacks": stacks, "duration_s": duration, "interval_s": interval,
+        "llm": "inprocess" if sim_url is None else "chain", "stacks": stacks,
+        "duration_s": duration, "interval_s": interval,
         "sim_latency_ms": latency, "slots": len(slots),
         "ticks_expected": stacks * len(slots), "ticks_started": len(started),
         "ticks_succeeded": count["succeeded"], "ticks_skipped": count["skipped"],
         "ticks_failed": count["failed"],
+        "failure_reasons": dict(Counter(r.reason for r in rows
+                                        if r.status in ("failed", "timed_out")).most_common(5)),
         "started_share": len(started) / (stacks * len(slots)) if slots else 0.0,
         "lateness_ms": summary(lateness), "tick_duration_ms": summary(durations),
         "cpu_ms_per_tick": median(cpu_per_tick), "cpu_ms_per_tick_by_interval": cpu_per_tick,
+        "llm_calls_per_s": len(calls) / (drain_from - began) if drain_from > began else 0.0,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
 def run_step(stacks: int, duration: float, latency: str = "1500,3000", interval: int = 10,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, sim_url: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tickwork-load-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'load.db'}"
-        return asyncio.run(_run(stacks, duration, latency, interval, url, progress))
+        return asyncio.run(_run(stacks, duration, latency, interval, url, progress, sim_url))
 
 
 def main() -> None:
@@ -113,9 +129,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--latency", default="1500,3000", help="simulated MEDIAN[,P99] ms")
     parser.add_argument("--interval", type=int, default=10)
+    parser.add_argument("--sim-url", help="use the real SDK chain against tickwork sim-llm here")
     parser.add_argument("--json", help="write the figures here ('-' for stdout)")
     args = parser.parse_args()
-    result = run_step(args.stacks, args.duration, args.latency, args.interval)
+    result = run_step(args.stacks, args.duration, args.latency, args.interval,
+                      sim_url=args.sim_url)
     text = json.dumps(result, indent=2)
     if args.json == "-":
         print(text)
