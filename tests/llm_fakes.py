@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agents.llm.base import (
     Attempt,
@@ -135,3 +135,16 @@ class ScriptedModel:
         error.attempts = [self._attempt(error.status, started_at, str(error),
                                         error.retry_after_s)]
         raise error
+
+
+async def statuses(llm: Any, n: int) -> list[str]:
+    """The status each of `n` calls in a row ends with (an error's, or the last attempt's)."""
+    out: list[str] = []
+    for _ in range(n):
+        try:
+            response = await llm.complete(request())
+        except ProviderError as exc:
+            out.append(exc.status)
+        else:
+            out.append(response.attempts[-1].status)
+    return out

@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from agents.llm.base import ProviderError, SkippedOpenBreaker
+from agents.llm.base import SkippedOpenBreaker
 from agents.llm.breaker import BreakerLLM, CircuitBreaker
 from tests.conftest import wait_for
-from tests.llm_fakes import ScriptedModel, SteppingClock, request
+from tests.llm_fakes import ScriptedModel, SteppingClock, request, statuses
 
 
 def guarded(script: list[str], threshold: int = 3, cooldown_s: float = 30.0
@@ -21,22 +21,11 @@ def guarded(script: list[str], threshold: int = 3, cooldown_s: float = 30.0
     return BreakerLLM(inner, CircuitBreaker(threshold, cooldown_s, clock), clock), inner, clock
 
 
-async def outcomes(llm: BreakerLLM, n: int) -> list[str]:
-    """The status each of `n` calls in a row ends with."""
-    out: list[str] = []
-    for _ in range(n):
-        try:
-            response = await llm.complete(request())
-        except ProviderError as exc:
-            out.append(exc.status)
-        else:
-            out.append(response.attempts[-1].status)
-    return out
 
 
 def test_consecutive_failures_open_it_and_then_calls_skip_at_once() -> None:
     llm, inner, clock = guarded(["500", "timeout", "conn"], threshold=3)
-    assert asyncio.run(outcomes(llm, 3)) == ["server_error", "timeout", "connection_error"]
+    assert asyncio.run(statuses(llm, 3)) == ["server_error", "timeout", "connection_error"]
     assert llm.breaker.state == "open"
     snap = llm.breaker.snapshot()
     assert (snap.failures, snap.opened_at, snap.probe_in_s) == (3, clock.now(), 30.0)
@@ -53,31 +42,31 @@ def test_consecutive_failures_open_it_and_then_calls_skip_at_once() -> None:
 
 def test_a_success_resets_the_count_of_consecutive_failures() -> None:
     llm, _, _ = guarded(["500", "500", "ok", "500", "500"], threshold=3)
-    asyncio.run(outcomes(llm, 5))
+    asyncio.run(statuses(llm, 5))
     assert llm.breaker.state == "closed"
     assert llm.breaker.snapshot().failures == 2
 
 
 def test_refused_requests_do_not_count_but_a_refused_key_does() -> None:
     llm, _, _ = guarded(["400", "404", "400", "400"], threshold=2)
-    asyncio.run(outcomes(llm, 4))
+    asyncio.run(statuses(llm, 4))
     assert llm.breaker.state == "closed"
     assert llm.breaker.snapshot().failures == 0
 
     llm, _, _ = guarded(["401", "401"], threshold=2)
-    asyncio.run(outcomes(llm, 2))
+    asyncio.run(statuses(llm, 2))
     assert llm.breaker.state == "open"
 
 
 def test_after_the_cool_down_one_good_probe_closes_it() -> None:
     llm, inner, clock = guarded(["500", "500"], threshold=2, cooldown_s=30)
-    asyncio.run(outcomes(llm, 2))
+    asyncio.run(statuses(llm, 2))
     clock.advance(29.9)
     assert llm.breaker.state == "open"
-    assert asyncio.run(outcomes(llm, 1)) == ["skipped_open_breaker"]
+    assert asyncio.run(statuses(llm, 1)) == ["skipped_open_breaker"]
     clock.advance(0.1)
     assert llm.breaker.state == "half_open"
-    assert asyncio.run(outcomes(llm, 2)) == ["ok", "ok"]  # the probe, then business as usual
+    assert asyncio.run(statuses(llm, 2)) == ["ok", "ok"]  # the probe, then business as usual
     assert llm.breaker.state == "closed"
     assert llm.breaker.snapshot().failures == 0
     assert inner.calls == 4
@@ -85,18 +74,18 @@ def test_after_the_cool_down_one_good_probe_closes_it() -> None:
 
 def test_a_failed_probe_opens_it_for_another_cool_down() -> None:
     llm, inner, clock = guarded(["500", "500", "500"], threshold=2, cooldown_s=30)
-    asyncio.run(outcomes(llm, 2))
+    asyncio.run(statuses(llm, 2))
     first_open = llm.breaker.snapshot().opened_at
     assert first_open is not None
     clock.advance(30)
-    assert asyncio.run(outcomes(llm, 2)) == ["server_error", "skipped_open_breaker"]
+    assert asyncio.run(statuses(llm, 2)) == ["server_error", "skipped_open_breaker"]
     snap = llm.breaker.snapshot()
     assert snap.state == "open"
     assert snap.opened_at == first_open + 30
     clock.advance(29)
-    assert asyncio.run(outcomes(llm, 1)) == ["skipped_open_breaker"]
+    assert asyncio.run(statuses(llm, 1)) == ["skipped_open_breaker"]
     clock.advance(1)
-    assert asyncio.run(outcomes(llm, 1)) == ["ok"]
+    assert asyncio.run(statuses(llm, 1)) == ["ok"]
     assert llm.breaker.state == "closed"
     assert inner.calls == 4
 
@@ -104,18 +93,18 @@ def test_a_failed_probe_opens_it_for_another_cool_down() -> None:
 def test_only_one_probe_at_a_time() -> None:
     async def scenario() -> None:
         llm, inner, clock = guarded(["500", "gate"], threshold=1, cooldown_s=10)
-        await outcomes(llm, 1)
+        await statuses(llm, 1)
         clock.advance(10)
         probe = asyncio.ensure_future(llm.complete(request()))
         await wait_for(lambda: inner.calls == 2, what="the probe to reach the provider")
         assert llm.breaker.snapshot().probing
         # Everyone else keeps skipping while the probe is out.
-        assert await outcomes(llm, 3) == ["skipped_open_breaker"] * 3
+        assert await statuses(llm, 3) == ["skipped_open_breaker"] * 3
         assert inner.calls == 2
         inner.gate.set()
         assert (await probe).attempts[-1].status == "ok"
         assert llm.breaker.state == "closed"
-        assert await outcomes(llm, 1) == ["ok"]
+        assert await statuses(llm, 1) == ["ok"]
 
     asyncio.run(scenario())
 
@@ -123,9 +112,9 @@ def test_only_one_probe_at_a_time() -> None:
 def test_a_probe_that_ends_without_a_verdict_lets_the_next_caller_probe() -> None:
     async def scenario() -> None:
         llm, inner, clock = guarded(["500", "400", "gate"], threshold=1, cooldown_s=10)
-        await outcomes(llm, 1)
+        await statuses(llm, 1)
         clock.advance(10)
-        assert await outcomes(llm, 1) == ["bad_request"]  # a probe, but no verdict
+        assert await statuses(llm, 1) == ["bad_request"]  # a probe, but no verdict
         assert llm.breaker.state == "half_open"
         probe = asyncio.ensure_future(llm.complete(request()))
         await wait_for(lambda: inner.calls == 3, what="the next probe")
@@ -133,7 +122,7 @@ def test_a_probe_that_ends_without_a_verdict_lets_the_next_caller_probe() -> Non
         with pytest.raises(asyncio.CancelledError):
             await probe
         assert not llm.breaker.snapshot().probing
-        assert await outcomes(llm, 1) == ["ok"]
+        assert await statuses(llm, 1) == ["ok"]
         assert llm.breaker.state == "closed"
 
     asyncio.run(scenario())

@@ -10,7 +10,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from agents.llm.base import ProviderError, RateLimited, SkippedRateLimit
+from agents.llm.base import RateLimited, SkippedRateLimit
 from agents.llm.ratelimit import (
     RateLimitedLLM,
     RateLimiter,
@@ -20,7 +20,7 @@ from agents.llm.ratelimit import (
     parse_duration,
     retry_after_s,
 )
-from tests.llm_fakes import ScriptedModel, SteppingClock, request
+from tests.llm_fakes import ScriptedModel, SteppingClock, request, statuses
 
 
 def limited(script: list[str] | None = None, rpm: int | None = None, tpm: int | None = None,
@@ -31,16 +31,6 @@ def limited(script: list[str] | None = None, rpm: int | None = None, tpm: int | 
     return RateLimitedLLM(inner, RateLimiter(rpm, tpm, clock), clock), inner, clock
 
 
-async def statuses(llm: RateLimitedLLM, n: int) -> list[str]:
-    out: list[str] = []
-    for _ in range(n):
-        try:
-            response = await llm.complete(request())
-        except ProviderError as exc:
-            out.append(exc.status)
-        else:
-            out.append(response.attempts[-1].status)
-    return out
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
