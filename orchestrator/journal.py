@@ -7,6 +7,7 @@ still holds the tick. A retried tick reads the journal and replays finished step
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +19,11 @@ from agents.base import ArtifactView, MessageView, StackView
 from agents.team import StepResult
 from orchestrator import usage
 from orchestrator.outbox import emit_many
-from orchestrator.queue import finalize, hold
+from orchestrator.queue import Claimed, finalize, hold
 from orchestrator.usage import Spend
 from schema import tables as t
 from schema.events import STACK_UPDATED, STEP_FINISHED
+from schema.prepared import Prepared
 from schema.read import stack_patch
 
 
@@ -36,45 +38,65 @@ class Journal:
     done: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (agent, output)
 
 
-# Built once: a statement built per call costs more CPU than running it.
+# Built once, run on the driver's cursor (see schema.prepared): a tick runs dozens of these.
 HISTORY = 5
-_STACK = select(t.stacks).where(t.stacks.c.id == bindparam("stack_id"))
-_MEMORY = (select(t.memories.c.key, t.memories.c.value)
-           .where(t.memories.c.stack_id == bindparam("stack_id")))
-_MESSAGES = (select(t.messages.c.agent, t.messages.c.body)
-             .where(t.messages.c.stack_id == bindparam("stack_id"))
-             .order_by(t.messages.c.id.desc()).limit(HISTORY))
-_ARTIFACTS = (select(t.artifacts.c.title, t.artifacts.c.content)
-              .where(t.artifacts.c.stack_id == bindparam("stack_id"))
-              .order_by(t.artifacts.c.id.desc()).limit(HISTORY))
-_INSERT_STEP = insert(t.steps).returning(t.steps.c.id)
-_INSERT_ATTEMPT = insert(t.llm_attempts)
-_INSERT_MESSAGE = insert(t.messages)
-_INSERT_ARTIFACT = insert(t.artifacts)
-_DONE = (select(t.steps.c.index, t.steps.c.agent, t.steps.c.output)
-         .where(t.steps.c.tick_id == bindparam("tick_id"), t.steps.c.status == "succeeded"))
+_STACK = Prepared(select(t.stacks.c.id, t.stacks.c.name, t.stacks.c.goal, t.stacks.c.team,
+                         t.stacks.c.execution_state)
+                  .where(t.stacks.c.id == bindparam("stack_id")))
+_MEMORY = Prepared(select(t.memories.c.key, t.memories.c.value)
+                   .where(t.memories.c.stack_id == bindparam("stack_id")))
+_MESSAGES = Prepared(select(t.messages.c.agent, t.messages.c.body)
+                     .where(t.messages.c.stack_id == bindparam("stack_id"))
+                     .order_by(t.messages.c.id.desc()).limit(HISTORY))
+_ARTIFACTS = Prepared(select(t.artifacts.c.title, t.artifacts.c.content)
+                      .where(t.artifacts.c.stack_id == bindparam("stack_id"))
+                      .order_by(t.artifacts.c.id.desc()).limit(HISTORY))
+_DONE = Prepared(select(t.steps.c.index, t.steps.c.agent, t.steps.c.output)
+                 .where(t.steps.c.tick_id == bindparam("tick_id"),
+                        t.steps.c.status == "succeeded"))
+_INSERT_STEP = Prepared(insert(t.steps).returning(t.steps.c.id))
+_INSERT_ATTEMPT = Prepared(insert(t.llm_attempts))
+_INSERT_MESSAGE = Prepared(insert(t.messages))
+_INSERT_ARTIFACT = Prepared(insert(t.artifacts))
+_COMPLETE = Prepared(update(t.stacks)
+                     .where(t.stacks.c.id == bindparam("stack_id"),
+                            t.stacks.c.execution_state == "running")
+                     .values(execution_state="completed", updated_at=bindparam("now"),
+                             pause_reason=None)
+                     .returning(*t.stacks.c))
 
 
-def load(conn: Connection, tick_id: int, stack_id: int) -> Journal:
-    """The stack, its memory and recent history, and the steps this tick has finished."""
+def _upsert(dialect_name: str) -> Any:
+    stmt = (postgresql if dialect_name == "postgresql" else sqlite).insert(t.memories)
+    return stmt.on_conflict_do_update(
+        index_elements=["stack_id", "key"],
+        set_={"value": stmt.excluded.value, "tick_id": stmt.excluded.tick_id,
+              "updated_at": stmt.excluded.updated_at})
+
+
+_UPSERT_MEMORY = Prepared(_upsert)
+
+
+def load(conn: Connection, tick_id: int, stack_id: int, attempt: int = 2) -> Journal:
+    """The stack, its memory and recent history, and the steps this tick has finished (a
+    first attempt has none: steps are journaled under the attempt that ran them)."""
     of_stack = {"stack_id": stack_id}
-    s = conn.execute(_STACK, of_stack).mappings().one()
-    mem = {k: v for k, v in conn.execute(_MEMORY, of_stack)}
-    msgs = [MessageView(a, b) for a, b in conn.execute(_MESSAGES, of_stack)]
-    arts = [ArtifactView(a, b) for a, b in conn.execute(_ARTIFACTS, of_stack)]
-    done = {i: (a, o) for i, a, o in conn.execute(_DONE, {"tick_id": tick_id})}
-    return Journal(StackView(s["id"], s["name"], s["goal"]),
-                   orjson.loads(s["team"]) if s["team"] else None, s["execution_state"],
+    row = _STACK.one(conn, of_stack)
+    if row is None:
+        raise LookupError(f"stack {stack_id} does not exist")
+    sid, name, goal, team, state = row
+    mem = dict(_MEMORY.all(conn, of_stack))
+    msgs = [MessageView(a, b) for a, b in _MESSAGES.all(conn, of_stack)]
+    arts = [ArtifactView(a, b) for a, b in _ARTIFACTS.all(conn, of_stack)]
+    done = ({i: (a, o) for i, a, o in _DONE.all(conn, {"tick_id": tick_id})}
+            if attempt > 1 else {})
+    return Journal(StackView(sid, name, goal), orjson.loads(team) if team else None, state,
                    mem, msgs, arts, done)
 
 
-def _upsert_memory(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(t.memories)
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=["stack_id", "key"],
-        set_={"value": stmt.excluded.value, "tick_id": stmt.excluded.tick_id,
-              "updated_at": stmt.excluded.updated_at}), rows)
+def load_many(conn: Connection, ticks: Iterable[Claimed]) -> dict[int, Journal]:
+    """`load` for each claimed tick, in the claiming transaction: by tick id."""
+    return {c.id: load(conn, c.id, c.stack_id, c.attempt) for c in ticks}
 
 
 def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, index: int,
@@ -82,18 +104,19 @@ def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, 
                 final: tuple[str, str | None] | None = None) -> bool:
     """Journal one step; with `final` (status, reason), finalise the tick in the same
     transaction. Returns False, writing nothing, when this attempt no longer holds the tick."""
-    if not hold(conn, tick_id, attempt, now, lease_s):
+    spend = Spend.of(result.attempts)
+    if not hold(conn, tick_id, attempt, now, lease_s, spend):
         return False
     output = result.output.model_dump(mode="json") if result.output is not None else None
-    step_id = conn.execute(_INSERT_STEP, {
+    step_id = _INSERT_STEP.scalar(conn, {
         "tick_id": tick_id, "index": index, "agent": result.agent, "status": result.status,
         "attempt": attempt, "started_at": started_at, "finished_at": now,
         "prompt": orjson.dumps(result.prompt).decode(),
         "output": orjson.dumps(output).decode() if output is not None else None,
         "raw_output": result.raw_output, "error": result.error,
-    }).scalar_one()
+    })
     if result.attempts:
-        conn.execute(_INSERT_ATTEMPT, [
+        _INSERT_ATTEMPT.many(conn, [
             {"step_id": step_id, "tick_id": tick_id, "seq": seq, "provider": a.provider,
              "model": a.model, "status": a.status, "latency_ms": a.latency_ms,
              "input_tokens": a.input_tokens, "output_tokens": a.output_tokens,
@@ -101,14 +124,14 @@ def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, 
              "started_at": a.started_at} for seq, a in enumerate(result.attempts)])
     fx = result.effects
     if fx.memory:
-        _upsert_memory(conn, [{"stack_id": stack_id, "key": k, "value": v, "tick_id": tick_id,
+        _UPSERT_MEMORY.many(conn, [{"stack_id": stack_id, "key": k, "value": v, "tick_id": tick_id,
                                "updated_at": now} for k, v in fx.memory.items()])
     if fx.messages:
-        conn.execute(_INSERT_MESSAGE, [
+        _INSERT_MESSAGE.many(conn, [
             {"stack_id": stack_id, "tick_id": tick_id, "agent": result.agent, "body": body,
              "created_at": now} for body in fx.messages])
     if fx.artifacts:
-        conn.execute(_INSERT_ARTIFACT, [
+        _INSERT_ARTIFACT.many(conn, [
             {"stack_id": stack_id, "tick_id": tick_id, "agent": result.agent, "title": title,
              "content": content, "created_at": now} for title, content in fx.artifacts])
     events: list[Any] = [(STEP_FINISHED, stack_id, tick_id, {
@@ -119,15 +142,9 @@ def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, 
                       "latency_ms": a.latency_ms, "input_tokens": a.input_tokens,
                       "output_tokens": a.output_tokens, "cost_usd": a.cost_usd}
                      for a in result.attempts]})]
-    events.extend(usage.record(conn, stack_id, tick_id, Spend.of(result.attempts), now))
+    events.extend(usage.record(conn, stack_id, spend, now))
     if fx.complete_stack:
-        row = conn.execute(update(t.stacks)
-                           .where(t.stacks.c.id == stack_id,
-                                  t.stacks.c.execution_state == "running")
-                           .values(execution_state="completed", updated_at=now,
-                                   pause_reason=None)
-                           .returning(*t.stacks.c)).mappings().first()
-        if row is not None:
+        for row in _COMPLETE.dicts(conn, {"stack_id": stack_id, "now": now}):
             events.append((STACK_UPDATED, stack_id, None, stack_patch(row)))
     emit_many(conn, now, events)
     if final is not None:

@@ -16,10 +16,11 @@ from sqlalchemy import Connection, insert, text
 from schema import tables as t
 from schema.db import touch
 from schema.events import TOPIC_EVENTS, EventKind
+from schema.prepared import Prepared
 
 _OUTBOX_LOCK = 0x7469636B  # "tick"
-_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
-_INSERT = insert(t.events)
+_LOCK = Prepared(text("SELECT pg_advisory_xact_lock(:k)"))
+_INSERT = Prepared(insert(t.events))
 
 
 def emit_many(conn: Connection, now: float,
@@ -31,8 +32,8 @@ def emit_many(conn: Connection, now: float,
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
-        conn.execute(_LOCK, {"k": _OUTBOX_LOCK})
-    conn.execute(_INSERT, rows)
+        _LOCK.all(conn, {"k": _OUTBOX_LOCK})
+    _INSERT.many(conn, rows)
     touch(conn, TOPIC_EVENTS)
     return len(rows)
 

@@ -27,9 +27,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestrator.outbox import emit_many
+from orchestrator.spend import Spend
 from schema import tables as t
 from schema.db import touch
 from schema.events import TICK_FINISHED, TICK_QUEUED, TICK_STARTED, TOPIC_QUEUE
+from schema.prepared import Prepared
 from schema.read import tick_json
 
 REASON_PREV_QUEUED = "previous tick still queued"
@@ -110,28 +112,36 @@ def enqueue(conn: Connection, stack_id: int, slot: int | None, trigger: str,
     return dict(row)
 
 
+def _claim(dialect_name: str) -> Any:
+    pick = (select(t.ticks.c.id)
+            .join(t.stacks, t.stacks.c.id == t.ticks.c.stack_id)
+            .where(t.ticks.c.status == "queued", t.stacks.c.execution_state == "running")
+            .order_by(t.ticks.c.scheduled_at, t.ticks.c.id)
+            .limit(bindparam("lim"))
+            .with_for_update(skip_locked=True, of=t.ticks)
+            .cte("picked"))
+    if dialect_name == "postgresql":
+        # Evaluated once: as a plain IN-subquery, PostgreSQL may rescan the locking subquery
+        # for each row it updates, and the rescans pick other rows (more than `limit`).
+        pick = pick.prefix_with("MATERIALIZED")
+    return (update(t.ticks)
+            .where(t.ticks.c.id.in_(select(pick.c.id)), t.ticks.c.status == "queued")
+            .values(status="running", worker_id=bindparam("worker"),
+                    lease_expires_at=bindparam("until"),
+                    started_at=func.coalesce(t.ticks.c.started_at, bindparam("now")))
+            .returning(*t.ticks.c))
+
+
+_CLAIM = Prepared(_claim)
+
+
 def claim(conn: Connection, worker_id: str, limit: int, now: float, lease_s: float
           ) -> list[Claimed]:
     """Claim up to `limit` queued ticks of running stacks, oldest slot first, under a lease."""
     if limit <= 0:
         return []
-    pick = (select(t.ticks.c.id)
-            .join(t.stacks, t.stacks.c.id == t.ticks.c.stack_id)
-            .where(t.ticks.c.status == "queued", t.stacks.c.execution_state == "running")
-            .order_by(t.ticks.c.scheduled_at, t.ticks.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=t.ticks)
-            .cte("picked"))
-    if conn.dialect.name == "postgresql":
-        # Evaluated once: as a plain IN-subquery, PostgreSQL may rescan the locking subquery
-        # for each row it updates, and the rescans pick other rows (more than `limit`).
-        pick = pick.prefix_with("MATERIALIZED")
-    stmt = (update(t.ticks)
-            .where(t.ticks.c.id.in_(select(pick.c.id)), t.ticks.c.status == "queued")
-            .values(status="running", worker_id=worker_id, lease_expires_at=now + lease_s,
-                    started_at=func.coalesce(t.ticks.c.started_at, now))
-            .returning(*t.ticks.c))
-    rows = list(conn.execute(stmt).mappings())
+    rows = _CLAIM.dicts(conn, {"lim": limit, "worker": worker_id, "until": now + lease_s,
+                               "now": now})
     emit_many(conn, now, [(TICK_STARTED, r["stack_id"], r["id"], tick_json(r)) for r in rows])
     return [Claimed(r["id"], r["stack_id"], r["slot"], r["attempt"], r["scheduled_at"])
             for r in rows]
@@ -153,34 +163,45 @@ def heartbeat(conn: Connection, worker_id: str, held: Sequence[tuple[int, int]],
     return {(i, a) for i, a in held if (i, a) in still}
 
 
-_HOLD = (update(t.ticks)
-         .where(t.ticks.c.id == bindparam("tick_id"), t.ticks.c.status == "running",
-                t.ticks.c.attempt == bindparam("b_attempt"))
-         .values(lease_expires_at=bindparam("until")))
+_HOLD = Prepared(
+    update(t.ticks)
+    .where(t.ticks.c.id == bindparam("tick_id"), t.ticks.c.status == "running",
+           t.ticks.c.attempt == bindparam("b_attempt"))
+    .values(lease_expires_at=bindparam("until"),
+            input_tokens=t.ticks.c.input_tokens + bindparam("tin"),
+            output_tokens=t.ticks.c.output_tokens + bindparam("tout"),
+            cost_usd=t.ticks.c.cost_usd + bindparam("cost")))
 
 
-def hold(conn: Connection, tick_id: int, attempt: int, now: float, lease_s: float) -> bool:
+def hold(conn: Connection, tick_id: int, attempt: int, now: float, lease_s: float,
+         spend: Spend | None = None) -> bool:
     """The fencing check inside a step's transaction: is this attempt still the running one?
-    Extends the lease as it checks."""
-    res = conn.execute(_HOLD, {"tick_id": tick_id, "b_attempt": attempt,
-                              "until": now + lease_s})
-    return res.rowcount == 1
+    Extends the lease as it checks, and adds the step's `spend` to the tick."""
+    spend = spend or Spend()
+    return _HOLD.rowcount(conn, {
+        "tick_id": tick_id, "b_attempt": attempt, "until": now + lease_s,
+        "tin": spend.input_tokens, "tout": spend.output_tokens, "cost": spend.cost_usd}) == 1
+
+
+_FINALIZE = Prepared(
+    update(t.ticks)
+    .where(t.ticks.c.id == bindparam("tick_id"), t.ticks.c.status == "running",
+           t.ticks.c.attempt == bindparam("b_attempt"))
+    .values(status=bindparam("b_status"), reason=bindparam("b_reason"),
+            finished_at=bindparam("now"), lease_expires_at=None)
+    .returning(*t.ticks.c))
 
 
 def finalize(conn: Connection, tick_id: int, attempt: int, status: str, reason: str | None,
              now: float) -> dict[str, Any] | None:
     """Compare-and-set running → a terminal status, for this attempt only. Returns the tick,
     or None when it was already finalised or its lease was lost (nothing is written)."""
-    row = conn.execute(
-        update(t.ticks)
-        .where(t.ticks.c.id == tick_id, t.ticks.c.status == "running",
-               t.ticks.c.attempt == attempt)
-        .values(status=status, reason=reason, finished_at=now, lease_expires_at=None)
-        .returning(*t.ticks.c)).mappings().first()
-    if row is None:
+    rows = _FINALIZE.dicts(conn, {"tick_id": tick_id, "b_attempt": attempt, "b_status": status,
+                                  "b_reason": reason, "now": now})
+    if not rows:
         return None
-    emit_many(conn, now, [(TICK_FINISHED, row["stack_id"], tick_id, tick_json(row))])
-    return dict(row)
+    emit_many(conn, now, [(TICK_FINISHED, rows[0]["stack_id"], tick_id, tick_json(rows[0]))])
+    return rows[0]
 
 
 def release(conn: Connection, worker_id: str, tick_ids: Sequence[int], now: float) -> None:

@@ -39,8 +39,10 @@ class TickRunner:
         self._clock = clock
         self._lease_s = lease_s
 
-    async def run(self, tick: Claimed) -> None:
-        state = await self._db.query(journal.load, tick.id, tick.stack_id)
+    async def run(self, tick: Claimed, state: journal.Journal | None = None) -> None:
+        """Run `tick`; `state` is its journal when the claim already read it."""
+        if state is None:
+            state = await self._db.query(journal.load, tick.id, tick.stack_id, tick.attempt)
         try:
             team = self._registry.team(state.team)
         except UnknownAgent as exc:
@@ -76,7 +78,7 @@ class TickRunner:
             final = ("failed", f"step {index} ({agent.name}) failed: {result.error}")
         elif index == last:
             final = ("succeeded", None)
-        held = await self._db.transact(
+        held = await self._db.transact_grouped(
             journal.commit_step, tick_id=tick.id, stack_id=tick.stack_id, attempt=tick.attempt,
             index=index, result=result, started_at=started, now=self._clock.now(),
             lease_s=self._lease_s, final=final)
@@ -88,7 +90,7 @@ class TickRunner:
         return result.status == "succeeded"
 
     async def _finish(self, tick: Claimed, status: str, reason: str | None) -> None:
-        await self._db.transact(queue.finalize, tick.id, tick.attempt, status, reason,
+        await self._db.transact_grouped(queue.finalize, tick.id, tick.attempt, status, reason,
                                 self._clock.now())
 
     @staticmethod

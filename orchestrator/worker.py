@@ -13,8 +13,11 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from orchestrator import queue
+from sqlalchemy import Connection
+
+from orchestrator import journal, queue
 from orchestrator.interfaces import Bus
+from orchestrator.journal import Journal
 from orchestrator.queue import Claimed
 from orchestrator.runner import LeaseLost, TickRunner
 from orchestrator.stats import Stats
@@ -32,6 +35,14 @@ class WorkerConfig:
     tick_timeout_s: float = 300.0
     poll_s: float = 1.0
     claim_batch: int = 200
+
+
+def _claim_and_load(conn: Connection, worker_id: str, limit: int, now: float, lease_s: float
+                    ) -> tuple[list[Claimed], dict[int, Journal]]:
+    """Claim, and read the claimed ticks' journals in the same transaction (on SQLite, on
+    the writer's connection, whose page cache is warm)."""
+    claimed = queue.claim(conn, worker_id, limit, now, lease_s)
+    return claimed, journal.load_many(conn, claimed)
 
 
 class Worker:
@@ -61,18 +72,20 @@ class Worker:
         free = self._cfg.max_concurrent - len(self._running)
         if free <= 0 or self._stopping:
             return []
-        claimed = await self._db.transact(queue.claim, self.id, min(free, self._cfg.claim_batch),
-                                          self._clock.now(), self._cfg.lease_s)
+        claimed, states = await self._db.transact(_claim_and_load, self.id,
+                                                  min(free, self._cfg.claim_batch),
+                                                  self._clock.now(), self._cfg.lease_s)
         for tick in claimed:
-            task = asyncio.create_task(self._run(tick), name=f"tick-{tick.id}")
+            task = asyncio.create_task(self._run(tick, states.get(tick.id)),
+                                       name=f"tick-{tick.id}")
             self._running[(tick.id, tick.attempt)] = (tick, task)
         self.stats.ticks_claimed(claimed, self._clock.now())
         return claimed
 
-    async def _run(self, tick: Claimed) -> None:
+    async def _run(self, tick: Claimed, state: Journal | None) -> None:
         started = self._clock.monotonic()
         try:
-            await within(self._clock, self._cfg.tick_timeout_s, self._runner.run(tick))
+            await within(self._clock, self._cfg.tick_timeout_s, self._runner.run(tick, state))
         except TimeoutError:
             await self._settle(tick, "timed_out", f"ran past its {self._cfg.tick_timeout_s:g} s "
                                "timeout")

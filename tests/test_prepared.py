@@ -1,0 +1,95 @@
+"""Hot-path statements run on the driver's cursor behave as SQLAlchemy's own execution does;
+grouped writes share a transaction without one failure touching the others."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import bindparam, insert, select, update
+
+from schema import tables as t
+from schema.db import Database, touch
+from schema.migrate import upgrade
+from schema.prepared import Prepared
+
+_NEW_STACK = Prepared(insert(t.stacks).returning(t.stacks.c.id, t.stacks.c.interval_s))
+_RENAME = Prepared(update(t.stacks).where(t.stacks.c.id == bindparam("sid"))
+                   .values(name=bindparam("new"), updated_at=bindparam("now"))
+                   .returning(*t.stacks.c))
+_BY_STATE = Prepared(select(t.stacks.c.name).where(t.stacks.c.execution_state == "running")
+                     .order_by(t.stacks.c.id))
+
+
+def _stack(name: str, state: str = "running") -> dict[str, object]:
+    return {"name": name, "goal": "g", "execution_state": state, "created_at": 1.0,
+            "updated_at": 1.0}
+
+
+def test_inserts_take_only_the_columns_given_and_return_rows(db: Database) -> None:
+    with db.write() as conn:
+        sid, interval = _NEW_STACK.one(conn, _stack("a")) or (None, None)
+        _NEW_STACK.many(conn, [_stack("b"), _stack("c", "paused")])
+        assert interval is None  # not given: the column's default, not a bound NULL of ours
+        assert _BY_STATE.all(conn, {}) == [("a",), ("b",)]  # the literal 'running' is bound
+        rows = _RENAME.dicts(conn, {"sid": sid, "new": "renamed", "now": 2})
+        assert [(r["id"], r["name"], r["updated_at"]) for r in rows] == [(sid, "renamed", 2.0)]
+        assert _RENAME.rowcount(conn, {"sid": 10_000, "new": "x", "now": 3}) == 0
+    with db.read() as conn:  # it ran in the caller's transaction, which committed
+        assert conn.execute(select(t.stacks.c.name).where(t.stacks.c.id == sid)).scalar() \
+            == "renamed"
+
+
+def test_expanding_parameters_are_refused(db: Database) -> None:
+    stmt = Prepared(select(t.stacks.c.id).where(t.stacks.c.id.in_(bindparam("ids",
+                                                                             expanding=True))))
+    with db.read() as conn, pytest.raises(ValueError, match="expanding"):
+        stmt.all(conn, {"ids": [1]})
+
+
+def test_grouped_writes_each_get_their_result_and_a_failure_stays_alone(
+        db: Database) -> None:
+    def add(conn: object, name: str) -> int:
+        return int(_NEW_STACK.scalar(conn, _stack(name)))  # type: ignore[arg-type]
+
+    def broken(conn: object) -> None:
+        raise RuntimeError("this write fails")
+
+    async def writes() -> list[object]:
+        return await asyncio.gather(
+            *(db.transact_grouped(add, f"s{i}") for i in range(20)),
+            db.transact_grouped(broken), *(db.transact_grouped(add, f"t{i}") for i in range(5)),
+            return_exceptions=True)
+
+    results = asyncio.run(writes())
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1 and "this write fails" in str(errors[0])
+    ids = [r for r in results if isinstance(r, int)]
+    assert len(set(ids)) == 25
+    with db.read() as conn:  # every other write committed, the broken one wrote nothing
+        assert sorted(conn.execute(select(t.stacks.c.id)).scalars()) == sorted(ids)
+
+
+def test_grouped_writes_share_a_transaction_and_see_the_writes_before_them(
+        tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'group.db'}")  # grouping is SQLite's single writer
+    upgrade(db)
+    commits: list[frozenset[str]] = []
+    db.add_commit_listener(commits.append)
+
+    def add_and_count(conn: object, name: str) -> int:
+        _NEW_STACK.one(conn, _stack(name))  # type: ignore[arg-type]
+        touch(conn, "stacks")  # type: ignore[arg-type]
+        return len(_BY_STATE.all(conn, {}))  # type: ignore[arg-type]
+
+    async def writes() -> list[int]:
+        return await asyncio.gather(*(db.transact_grouped(add_and_count, f"s{i}")
+                                      for i in range(10)))
+
+    try:
+        counts = asyncio.run(writes())
+    finally:
+        db.close()
+    assert counts == list(range(1, 11))  # in turn, each seeing those before it
+    assert 1 <= len(commits) < 10  # ...in fewer transactions than writes
