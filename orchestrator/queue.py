@@ -14,13 +14,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
+    Float,
+    Integer,
     and_,
     bindparam,
     case,
     exists,
     func,
     literal,
+    or_,
     select,
     update,
 )
@@ -54,6 +58,38 @@ def _insert(conn: Connection) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(t.ticks)
 
 
+def _fan_out(dialect_name: str) -> Any:
+    active = (select(t.ticks.c.status)
+              .where(t.ticks.c.stack_id == t.stacks.c.id,
+                     or_(*(t.ticks.c.status == s for s in t.ACTIVE)))
+              .limit(1).scalar_subquery())
+    status = case((active.is_(None), literal("queued")), else_=literal("skipped"))
+    reason = case((active == "queued", literal(REASON_PREV_QUEUED)),
+                  (active == "running", literal(REASON_PREV_RUNNING)), else_=None)
+    now = bindparam("now", type_=Float)
+    source = (
+        select(t.stacks.c.id, bindparam("slot", type_=BigInteger),
+               bindparam("fire", type_=Float), literal("beat"), status, literal(1), reason, now,
+               case((active.is_(None), None), else_=now))
+        .where(t.stacks.c.execution_state == "running",
+               bindparam("fire_s", type_=BigInteger)
+               % func.coalesce(t.stacks.c.interval_s, bindparam("interval", type_=Integer))
+               == 0)
+        # Lock the stacks read (PostgreSQL): a pause waits for this fan-out to commit, then
+        # cancels what it queued. SQLite serialises writers already.
+        .with_for_update(read=True, of=t.stacks)
+    )
+    insert_ = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    return (insert_(t.ticks)
+            .from_select(["stack_id", "slot", "scheduled_at", "trigger", "status", "attempt",
+                          "reason", "queued_at", "finished_at"], source)
+            .on_conflict_do_nothing()
+            .returning(*t.ticks.c))
+
+
+_FAN_OUT = Prepared(_fan_out)
+
+
 def fan_out(conn: Connection, slot: int, interval: int, now: float) -> tuple[int, int]:
     """Insert one tick for `slot` for every due running stack, in one statement.
 
@@ -62,28 +98,8 @@ def fan_out(conn: Connection, slot: int, interval: int, now: float) -> tuple[int
     Returns (queued, skipped).
     """
     fire = slot * interval
-    active = (select(t.ticks.c.status)
-              .where(t.ticks.c.stack_id == t.stacks.c.id, t.ticks.c.status.in_(t.ACTIVE))
-              .limit(1).scalar_subquery())
-    status = case((active.is_(None), literal("queued")), else_=literal("skipped"))
-    reason = case((active == "queued", literal(REASON_PREV_QUEUED)),
-                  (active == "running", literal(REASON_PREV_RUNNING)), else_=None)
-    source = (
-        select(t.stacks.c.id, literal(slot), literal(float(fire)), literal("beat"), status,
-               literal(1), reason, literal(now),
-               case((active.is_(None), None), else_=literal(now)))
-        .where(t.stacks.c.execution_state == "running",
-               literal(fire) % func.coalesce(t.stacks.c.interval_s, interval) == 0)
-        # Lock the stacks read (PostgreSQL): a pause waits for this fan-out to commit, then
-        # cancels what it queued. SQLite serialises writers already.
-        .with_for_update(read=True, of=t.stacks)
-    )
-    stmt = (_insert(conn)
-            .from_select(["stack_id", "slot", "scheduled_at", "trigger", "status", "attempt",
-                          "reason", "queued_at", "finished_at"], source)
-            .on_conflict_do_nothing()
-            .returning(*t.ticks.c))
-    rows = list(conn.execute(stmt).mappings())
+    rows = _FAN_OUT.dicts(conn, {"slot": slot, "fire": float(fire), "fire_s": fire,
+                                 "interval": interval, "now": now})
     queued = sum(1 for r in rows if r["status"] == "queued")
     emit_many(conn, now, [(TICK_QUEUED if r["status"] == "queued" else TICK_FINISHED,
                            r["stack_id"], r["id"], tick_json(r)) for r in rows])

@@ -9,7 +9,8 @@ are kept per dialect, bind processors still apply, and rows come back as plain t
 dicts keyed by column name). It runs inside the caller's transaction, on the caller's
 connection, so it composes with everything else done through that Connection.
 
-Only for statements without expanding parameters (``IN`` lists) — those compile per call.
+Not for statements with ``IN`` lists, which SQLAlchemy renders per call (write a short
+literal list as ``OR``s).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Prepared:
         compiled = statement.compile(  # type: ignore[attr-defined]
             dialect=conn.dialect, column_keys=list(keys))
         if compiled.literal_execute_params or compiled.post_compile_params:
-            raise ValueError("Prepared statements take no expanding (IN-list) parameters")
+            raise ValueError("Prepared statements take no IN lists (write them as ORs)")
         names = tuple(compiled.positiontup) if compiled.positional else None
         processors = tuple((k, fn) for k, fn in compiled._bind_processors.items())
         done = _Compiled(str(compiled), names, dict(compiled.params), processors)

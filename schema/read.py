@@ -47,8 +47,25 @@ def tick_summary(row: Row) -> TickSummary:
     )
 
 
+def _iso(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
+
+
 def tick_json(row: Row) -> dict[str, Any]:
-    return tick_summary(row).model_dump(mode="json")
+    """`tick_summary(row).model_dump(mode="json")`, built directly: every tick event carries
+    one, and the model round trip was a tenth of the fan-out's time at 1,000 stacks."""
+    started, finished, scheduled = row["started_at"], row["finished_at"], row["scheduled_at"]
+    return {
+        "id": row["id"], "stack_id": row["stack_id"], "slot": row["slot"],
+        "trigger": row["trigger"], "status": row["status"], "attempt": row["attempt"],
+        "reason": row["reason"], "queued_at": _iso(row["queued_at"]),
+        "scheduled_at": _iso(scheduled), "started_at": _iso(started),
+        "finished_at": _iso(finished), "lateness_ms": _ms(started, scheduled),
+        "duration_ms": _ms(finished, started), "input_tokens": row["input_tokens"],
+        "output_tokens": row["output_tokens"], "cost_usd": round(row["cost_usd"], 8),
+    }
 
 
 def stack_out(row: Row, beat_interval: int, default_team: Sequence[str],
