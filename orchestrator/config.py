@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     agents: str = Field(default="", description="extra agents: 'pkg.module:Class,...'")
     poll_s: float = Field(default=1.0, gt=0, description="queue/outbox poll without wake-ups")
     reap_every_s: float = Field(default=5.0, gt=0)
-    claim_batch: int = Field(default=200, ge=1)
+    claim_batch: int = Field(default=1000, ge=1)
     catchup_slots: int = Field(default=6, ge=0, description="missed beat slots fanned out late")
 
     # The LLM chain (providers without an API key are left out; none at all: simulated).

@@ -34,7 +34,7 @@ class WorkerConfig:
     lease_s: float = 30.0
     tick_timeout_s: float = 300.0
     poll_s: float = 1.0
-    claim_batch: int = 200
+    claim_batch: int = 1000
 
 
 def _claim_and_load(conn: Connection, worker_id: str, limit: int, now: float, lease_s: float

@@ -29,6 +29,7 @@ class _Compiled:
     positional: tuple[str, ...] | None  # parameter names in order (qmark), or None (named)
     defaults: dict[str, Any]  # literal values the statement bound itself
     processors: tuple[tuple[str, Callable[[Any], Any]], ...]
+    at: tuple[tuple[int, Callable[[Any], Any]], ...]  # positional: (index, processor)
 
 
 class Prepared:
@@ -49,18 +50,24 @@ class Prepared:
             raise ValueError("Prepared statements take no IN lists (write them as ORs)")
         names = tuple(compiled.positiontup) if compiled.positional else None
         processors = tuple((k, fn) for k, fn in compiled._bind_processors.items())
-        done = _Compiled(str(compiled), names, dict(compiled.params), processors)
+        at = tuple((names.index(k), fn) for k, fn in processors) if names else ()
+        done = _Compiled(str(compiled), names, dict(compiled.params), processors, at)
         self._compiled[(conn.dialect.name, keys)] = done
         return done
 
     def _params(self, c: _Compiled, given: Mapping[str, Any]) -> Any:
-        values = {**c.defaults, **given}
-        for name, fn in c.processors:
-            if values.get(name) is not None:
-                values[name] = fn(values[name])
         if c.positional is None:
+            values = {**c.defaults, **given}
+            for name, fn in c.processors:
+                if values.get(name) is not None:
+                    values[name] = fn(values[name])
             return values
-        return tuple(values[name] for name in c.positional)
+        defaults = c.defaults
+        row = [given[n] if n in given else defaults[n] for n in c.positional]
+        for i, fn in c.at:
+            if row[i] is not None:
+                row[i] = fn(row[i])
+        return row
 
     def _cursor(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, _Compiled]:
         keys = tuple(params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +48,7 @@ def tick_summary(row: Row) -> TickSummary:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # a fan-out's ticks share their slot's and queue times
 def _iso(value: float | None) -> str | None:
     if value is None:
         return None
