@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +34,22 @@ from load_tests.stats import median, summary
 from orchestrator.config import Settings
 from orchestrator.runtime import Runtime
 from schema import tables as t
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds used so far by each of this process's threads, by thread name (Linux
+    /proc; empty elsewhere). Threads of one pool are summed under the pool's prefix."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for thread in threading.enumerate():
+        try:
+            fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except OSError:
+            continue
+        utime, stime = fields.rsplit(")", 1)[1].split()[11:13]
+        name = thread.name.rsplit("_", 1)[0] if "_" in thread.name else thread.name
+        out[name] = out.get(name, 0.0) + (int(utime) + int(stime)) / tick
+    return out
 
 
 def _seed_stacks(rt: Runtime, n: int) -> None:
@@ -61,6 +79,7 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
 
     rt.beat.fire = sampled_fire  # type: ignore[method-assign]
     await rt.start()
+    threads_at_start = thread_cpu_s()
     began = time.time()
     while (left := began + duration - time.time()) > 0:
         await asyncio.sleep(min(left, 1.0))
@@ -72,6 +91,7 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
     while rt.worker.running and time.time() - drain_from < 120:
         await asyncio.sleep(0.2)
     end_cpu = time.process_time()
+    threads = thread_cpu_s()
     await rt.stop()
     if progress:
         print(file=sys.stderr)
@@ -111,6 +131,10 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
         "started_share": len(started) / (stacks * len(slots)) if slots else 0.0,
         "lateness_ms": summary(lateness), "tick_duration_ms": summary(durations),
         "cpu_ms_per_tick": median(cpu_per_tick), "cpu_ms_per_tick_by_interval": cpu_per_tick,
+        # Where the CPU went, per started tick over the whole run (start-up excluded).
+        "cpu_ms_per_tick_by_thread": {
+            name: round((cpu - threads_at_start.get(name, 0.0)) * 1000 / max(1, len(started)),
+                        3) for name, cpu in sorted(threads.items())},
         "llm_calls_per_s": len(calls) / (drain_from - began) if drain_from > began else 0.0,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

@@ -83,7 +83,7 @@ class Runtime:
         """`llm` replaces the chain (tests); `env` replaces the providers' variables, which
         are otherwise read from the environment and `.env`."""
         clock = clock or SystemClock()
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, group_commit_ms=settings.group_commit_ms)
         if migrate:
             upgrade(db)
         bus = InProcessBus(clock)

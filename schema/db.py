@@ -48,7 +48,8 @@ def touch(conn: Connection, *topics: str) -> None:
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 8, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(self, url: str, *, pool_size: int = 8, busy_timeout_ms: int = 10_000,
+                 group_commit_ms: float = 0.0) -> None:
         self.url = normalise_url(url)
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
@@ -62,7 +63,9 @@ class Database:
             )
             self._writer = ThreadPoolExecutor(pool_size, thread_name_prefix="db-write")
         self._reader = ThreadPoolExecutor(min(pool_size, 4), thread_name_prefix="db-read")
-        self._group = GroupCommit(self.write, self._writer)
+        self._writer_conn: Connection | None = None
+        self._writer_tx = self._write_on_writer if self.is_sqlite else self.write
+        self._group = GroupCommit(self._writer_tx, self._writer, group_commit_ms / 1000)
 
     @property
     def is_sqlite(self) -> bool:
@@ -97,7 +100,9 @@ class Database:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             immediate = conn.get_execution_options().get("tickwork_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            # On the driver's connection: this runs for every transaction.
+            conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+                "BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
 
@@ -119,6 +124,27 @@ class Database:
             with conn.begin():
                 yield conn
             topics = conn.info.pop("topics", None)
+        self._committed(topics)
+
+    @contextlib.contextmanager
+    def _write_on_writer(self) -> Iterator[Connection]:
+        """`write` for the SQLite writer thread: its one connection stays checked out (the
+        pool's check-out and return cost as much as a small transaction)."""
+        conn = self._writer_conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._writer_conn = (self.engine.connect()
+                                        .execution_options(tickwork_write=True))
+        conn.info.pop("topics", None)
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            if conn.invalidated:
+                conn.close()
+            raise
+        self._committed(conn.info.pop("topics", None))
+
+    def _committed(self, topics: set[str] | None) -> None:
         if topics:
             frozen = frozenset(topics)
             for listener in list(self._listeners):
@@ -135,7 +161,7 @@ class Database:
                        **kwargs: P.kwargs) -> T:
         """Run `fn(conn, ...)` in one write transaction on the writer pool."""
         def work() -> T:
-            with self.write() as conn:
+            with self._writer_tx() as conn:
                 return fn(conn, *args, **kwargs)
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, work)
@@ -143,8 +169,8 @@ class Database:
     async def transact_grouped(self, fn: Callable[Concatenate[Connection, P], T],
                                *args: P.args, **kwargs: P.kwargs) -> T:
         """`transact`, but on SQLite it may share one transaction with the other grouped
-        writes waiting at that moment (group commit: one BEGIN/COMMIT and one thread hand-off
-        for all of them). Each `fn` still sees the effects of those before it, as if run in
+        writes of the next `group_commit_ms` (group commit: one BEGIN/COMMIT and one thread
+        hand-off for all of them). Each `fn` still sees the effects of those before it, as if run in
         turn; if one raises, the group rolls back and each runs again in its own transaction,
         so one failure touches no other. On PostgreSQL, where writers run in parallel, this
         is `transact`."""
@@ -166,5 +192,7 @@ class Database:
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+        if self._writer_conn is not None:
+            self._writer_conn.close()
         self._reader.shutdown(wait=True)
         self.engine.dispose()

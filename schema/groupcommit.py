@@ -1,10 +1,13 @@
 """Group commit: writes queued while the single writer is busy share its next transaction.
 
 On SQLite every write goes through one writer thread. Run one by one, each write pays for
-its own BEGIN and COMMIT and for two thread hand-offs; at hundreds of journaled steps a second
-that is most of the engine's CPU. Here a write that arrives while the writer is busy waits
-in a queue, and the writer takes everything queued so far into one transaction. Nothing waits
-for a timer: a write that finds the writer idle starts at once.
+its own BEGIN and COMMIT (the COMMIT writes every page it touched to the WAL: ~45 % of a
+journaled step's cost) and for two thread hand-offs. Here the first write of a group waits
+`window_s` for company on the event loop, then the writer takes everything queued into one
+transaction; writes queued while it runs go in the next group at once. The writer runs one
+group at a time and gives way between groups, so other writes (a claim) never wait behind a
+stream of groups. Measured on the 2-core machine: a journaled step costs ~280 µs of CPU alone,
+~170 µs in groups of 4, ~150 µs in groups of 8.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 class GroupCommit:
     def __init__(self, write: Callable[[], contextlib.AbstractContextManager[Connection]],
-                 executor: Executor, max_group: int = 256) -> None:
+                 executor: Executor, window_s: float = 0.0, max_group: int = 256) -> None:
         self._write = write
         self._executor = executor
+        self._window_s = window_s
         self._max = max_group
         self._lock = threading.Lock()
         self._queue: list[Job] = []
@@ -39,17 +43,26 @@ class GroupCommit:
             if self._draining:
                 return
             self._draining = True
-        self._executor.submit(self._drain)
+        if self._window_s > 0:
+            loop.call_later(self._window_s, self._submit)
+        else:
+            self._submit()
 
-    def _take(self) -> list[Job]:
+    def _submit(self) -> None:
+        try:
+            self._executor.submit(self._drain_one)
+        except RuntimeError:  # the database was closed: what is queued fails, nothing hangs
+            with self._lock:
+                jobs, self._queue, self._draining = self._queue, [], False
+            for _, future, loop in jobs:
+                failed: list[Outcome] = [(future, None, RuntimeError("the database is closed"))]
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, failed)
+
+    def _drain_one(self) -> None:
         with self._lock:
             jobs, self._queue = self._queue[: self._max], self._queue[self._max :]
-            if not jobs:
-                self._draining = False
-            return jobs
-
-    def _drain(self) -> None:
-        while jobs := self._take():
+        if jobs:
             outcomes = self._run(jobs)
             by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
             for (_, _, loop), outcome in zip(jobs, outcomes, strict=True):
@@ -57,6 +70,11 @@ class GroupCommit:
             for loop, done in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop has closed
                     loop.call_soon_threadsafe(_settle, done)
+        with self._lock:
+            if not self._queue:
+                self._draining = False
+                return
+        self._submit()  # behind whatever else the writer was given meanwhile
 
     def _run(self, jobs: list[Job]) -> list[Outcome]:
         if len(jobs) > 1:

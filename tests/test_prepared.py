@@ -93,3 +93,15 @@ def test_grouped_writes_share_a_transaction_and_see_the_writes_before_them(
         db.close()
     assert counts == list(range(1, 11))  # in turn, each seeing those before it
     assert 1 <= len(commits) < 10  # ...in fewer transactions than writes
+
+
+def test_grouped_writes_after_close_fail_instead_of_hanging(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'closed.db'}", group_commit_ms=5)
+    upgrade(db)
+    db.close()
+
+    async def write() -> None:
+        await asyncio.wait_for(db.transact_grouped(lambda conn: None), timeout=10)
+
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(write())
