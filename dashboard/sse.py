@@ -181,8 +181,22 @@ def _event(row: Row) -> ServerSentEvent:
     return ServerSentEvent(data=row["data"], event=row["kind"], id=str(row["id"]))
 
 
+def _encode(rows: Sequence[Row]) -> bytes:
+    """Many events as one chunk, one write to the client (bytes go out as they are): the
+    events of a commit arrive together, and a write per event cost ~85 µs each at 1,000
+    stacks. Stored JSON has no line breaks; anything else takes the library's encoder."""
+    parts: list[bytes] = []
+    for row in rows:
+        data, kind = row["data"], row["kind"]
+        if "\n" in data or "\r" in data or "\n" in kind or "\r" in kind:
+            parts.append(_event(row).encode())
+        else:
+            parts.append(f"id: {row['id']}\r\nevent: {kind}\r\ndata: {data}\r\n\r\n".encode())
+    return b"".join(parts)
+
+
 async def event_stream(tailer: EventTailer, db: Database, after: int | None
-                       ) -> AsyncGenerator[ServerSentEvent, None]:
+                       ) -> AsyncGenerator[ServerSentEvent | bytes, None]:
     """The events with id > `after` (or from the current end), then live ones.
 
     If the database cannot be read, the stream ends; the client retries and resumes."""
@@ -196,16 +210,16 @@ async def event_stream(tailer: EventTailer, db: Database, after: int | None
         yield ServerSentEvent(comment="tickwork events", retry=RETRY_MS)
         while True:  # what the client missed, from the database
             rows = await db.query(read.events_after, cursor, PAGE)
-            for row in rows:
-                yield _event(row)
-                cursor = row["id"]
+            if rows:
+                yield _encode(rows)
+                cursor = rows[-1]["id"]
             if len(rows) < PAGE:
                 break
         while (batch := await feed.next_batch()) is not None:
-            for row in batch:
-                if row["id"] > cursor:
-                    yield _event(row)
-                    cursor = row["id"]
+            fresh = [row for row in batch if row["id"] > cursor]
+            if fresh:
+                yield _encode(fresh)
+                cursor = fresh[-1]["id"]
     except Exception as exc:
         log.warning("could not read the event outbox (%s); closing a stream", exc)
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -27,11 +28,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import SecretStr
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, func, insert, select
 
+from agents.llm.base import LLMRequest
 from load_tests.stats import median, summary
+from load_tests.stream import StreamClient, latencies_ms, serving
 from orchestrator.config import Settings
+from orchestrator.queue import REASON_PREV_RUNNING
 from orchestrator.runtime import Runtime
 from schema import tables as t
 
@@ -61,7 +66,8 @@ def _seed_stacks(rt: Runtime, n: int) -> None:
 
 
 async def _run(stacks: int, duration: float, latency: str, interval: int, db_url: str,
-               progress: bool, sim_url: str | None = None) -> dict[str, Any]:
+               progress: bool, sim_url: str | None = None, stream: bool = True
+               ) -> dict[str, Any]:
     settings = Settings(_env_file=None, database_url=db_url, tick_interval=interval,  # type: ignore[call-arg]
                         sim_latency_ms=latency, max_concurrent_ticks=max(1000, 2 * stacks),
                         admin_token=SecretStr("load-test"))
@@ -78,21 +84,27 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
         return await fire()
 
     rt.beat.fire = sampled_fire  # type: ignore[method-assign]
-    await rt.start()
-    threads_at_start = thread_cpu_s()
-    began = time.time()
-    while (left := began + duration - time.time()) > 0:
-        await asyncio.sleep(min(left, 1.0))
-        if progress:
-            print(f"\r  {stacks} stacks: {time.time() - began:5.0f}/{duration:.0f} s, "
-                  f"{rt.worker.running} ticks running", end="", file=sys.stderr, flush=True)
-    rt.stop_beat()
-    drain_from = time.time()
-    while rt.worker.running and time.time() - drain_from < 120:
-        await asyncio.sleep(0.2)
-    end_cpu = time.process_time()
-    threads = thread_cpu_s()
-    await rt.stop()
+    sdk_ms = await _sdk_call_cpu_ms(rt, sim_url) if sim_url else None
+    async with contextlib.AsyncExitStack() as serve:
+        client = None
+        if stream:
+            client = StreamClient(await serve.enter_async_context(serving(rt)), duration)
+        await rt.start()
+        threads_at_start = thread_cpu_s()
+        began = time.time()
+        while (left := began + duration - time.time()) > 0:
+            await asyncio.sleep(min(left, 1.0))
+            if progress:
+                print(f"\r  {stacks} stacks: {time.time() - began:5.0f}/{duration:.0f} s, "
+                      f"{rt.worker.running} ticks running", end="", file=sys.stderr, flush=True)
+        rt.stop_beat()
+        arrivals = await client.arrivals() if client is not None else []
+        drain_from = time.time()
+        while rt.worker.running and time.time() - drain_from < 120:
+            await asyncio.sleep(0.2)
+        end_cpu = time.process_time()
+        threads = thread_cpu_s()
+        await rt.stop()
     if progress:
         print(file=sys.stderr)
     with rt.db.read() as conn:
@@ -104,6 +116,10 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
         calls = list(conn.execute(select(t.llm_attempts.c.started_at)
                                   .where(t.llm_attempts.c.started_at >= began,
                                          t.llm_attempts.c.status.not_like("skipped_%"))))
+        fallbacks = _fallbacks(conn)
+        written = {table.name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+                   for table in WRITTEN}
+    propagation = summary(latencies_ms(rt, arrivals)) if stream else None
     rt.close()
     slots = sorted({r.slot for r in rows})
     started = [r for r in rows if r.started_at is not None]
@@ -119,6 +135,10 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
     lateness = [(r.started_at - r.scheduled_at) * 1000 for r in started]
     durations = [(r.finished_at - r.started_at) * 1000 for r in started if r.finished_at]
     count = {s: sum(1 for r in rows if r.status == s) for s in ("succeeded", "skipped", "failed")}
+    busy = sum(1 for r in rows if r.status == "skipped" and r.reason == REASON_PREV_RUNNING)
+    run_s = max(1e-9, drain_from - began)
+    calls_per_tick = len(calls) / max(1, len(started))
+    cpu = median(cpu_per_tick)
     return {
         "llm": "inprocess" if sim_url is None else "chain", "stacks": stacks,
         "duration_s": duration, "interval_s": interval,
@@ -126,25 +146,74 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
         "ticks_expected": stacks * len(slots), "ticks_started": len(started),
         "ticks_succeeded": count["succeeded"], "ticks_skipped": count["skipped"],
         "ticks_failed": count["failed"],
+        # Slots skipped because that stack's previous tick (four model calls at 1.5 s median,
+        # 3 s p99) was still running: the one reason a slot's tick may not start.
+        "ticks_skipped_busy": busy,
         "failure_reasons": dict(Counter(r.reason for r in rows
                                         if r.status in ("failed", "timed_out")).most_common(5)),
         "started_share": len(started) / (stacks * len(slots)) if slots else 0.0,
         "lateness_ms": summary(lateness), "tick_duration_ms": summary(durations),
-        "cpu_ms_per_tick": median(cpu_per_tick), "cpu_ms_per_tick_by_interval": cpu_per_tick,
+        "cpu_ms_per_tick": cpu, "cpu_ms_per_tick_by_interval": cpu_per_tick,
         # Where the CPU went, per started tick over the whole run (start-up excluded).
         "cpu_ms_per_tick_by_thread": {
             name: round((cpu - threads_at_start.get(name, 0.0)) * 1000 / max(1, len(started)),
                         3) for name, cpu in sorted(threads.items())},
-        "llm_calls_per_s": len(calls) / (drain_from - began) if drain_from > began else 0.0,
+        "llm_calls_per_s": len(calls) / run_s,
+        "fallbacks": fallbacks,
+        "db_rows_per_s": sum(written.values()) / run_s, "db_rows": written,
+        "propagation_ms": propagation, "stream_events": len(arrivals),
+        # The chain's share: one model call's CPU here (measured against sim-llm with no
+        # latency before the run), times the calls per tick, taken off the per-tick figure.
+        "sdk_cpu_ms_per_call": sdk_ms,
+        "cpu_ms_per_tick_without_sdk": (None if sdk_ms is None or cpu is None else
+                                        max(0.0, cpu - calls_per_tick * sdk_ms)),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
+WRITTEN = (t.ticks, t.steps, t.llm_attempts, t.events, t.messages, t.artifacts, t.memories)
+
+
+def _fallbacks(conn: Connection) -> int:
+    """Steps served by a provider other than the first one they tried."""
+    first: dict[int, str] = {}
+    served: dict[int, str] = {}
+    for step_id, provider, status in conn.execute(
+            select(t.llm_attempts.c.step_id, t.llm_attempts.c.provider,
+                   t.llm_attempts.c.status).order_by(t.llm_attempts.c.step_id,
+                                                     t.llm_attempts.c.seq)):
+        first.setdefault(step_id, provider)
+        if status in ("ok", "invalid_output"):
+            served[step_id] = provider
+    return sum(1 for step, provider in served.items() if provider != first[step])
+
+
+async def _sdk_call_cpu_ms(rt: Runtime, sim_url: str, calls: int = 100) -> float:
+    """CPU of one model call through the chain (the SDK's request and response handling),
+    against sim-llm answering at once; the step's latency is put back afterwards."""
+    async with httpx.AsyncClient(base_url=sim_url) as http:
+        before = (await http.get("/_sim/config")).json()
+        await http.post("/_sim/config", json={"latency_ms": "0"})
+        try:
+            request = LLMRequest(messages=[{"role": "user", "content": "Task: calibrate"}],
+                                 schema_name="Plan", seed="calibrate")
+            for _ in range(5):  # warm the connection pools
+                await rt.llm.complete(request)
+            cpu = time.process_time()
+            for _ in range(calls):
+                await rt.llm.complete(request)
+            return (time.process_time() - cpu) * 1000 / calls
+        finally:
+            await http.post("/_sim/config", json={"latency_ms": before["latency_ms"]})
+
+
 def run_step(stacks: int, duration: float, latency: str = "1500,3000", interval: int = 10,
-             progress: bool = True, sim_url: str | None = None) -> dict[str, Any]:
+             progress: bool = True, sim_url: str | None = None, stream: bool = True
+             ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tickwork-load-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'load.db'}"
-        return asyncio.run(_run(stacks, duration, latency, interval, url, progress, sim_url))
+        return asyncio.run(_run(stacks, duration, latency, interval, url, progress, sim_url,
+                                stream))
 
 
 def main() -> None:
@@ -154,10 +223,12 @@ def main() -> None:
     parser.add_argument("--latency", default="1500,3000", help="simulated MEDIAN[,P99] ms")
     parser.add_argument("--interval", type=int, default=10)
     parser.add_argument("--sim-url", help="use the real SDK chain against tickwork sim-llm here")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="no event-stream client (no propagation figure)")
     parser.add_argument("--json", help="write the figures here ('-' for stdout)")
     args = parser.parse_args()
     result = run_step(args.stacks, args.duration, args.latency, args.interval,
-                      sim_url=args.sim_url)
+                      sim_url=args.sim_url, stream=not args.no_stream)
     text = json.dumps(result, indent=2)
     if args.json == "-":
         print(text)

@@ -2,10 +2,7 @@
 
 tickwork runs in this process (Runtime on the real clock, in-process simulated model, SQLite,
 1 s beat) and serves its HTTP app with uvicorn on loopback. A separate process reads
-`GET /api/events` with httpx and records when each event id arrived. Afterwards each event's
-latency is its arrival time minus its outbox row's `created_at`, which is stamped inside the
-transaction just before commit — so the figure includes the commit itself and slightly
-overstates commit-to-client time. Both processes read the same machine clock.
+`GET /api/events` with httpx and records when each event id arrived (see load_tests.stream).
 
     python -m load_tests.propagation --stacks 10,100 --duration 60 --runs 3 [--json FILE]
 """
@@ -17,7 +14,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,14 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-import uvicorn
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 
 from load_tests.stats import summary
+from load_tests.stream import StreamClient, latencies_ms, serving
 from orchestrator.config import Settings
 from orchestrator.runtime import Runtime
 from schema import tables as t
@@ -40,28 +35,7 @@ from schema import tables as t
 console = Console(stderr=True)
 
 
-def _reader(url: str, stop_at: float, out: Any) -> None:
-    """The client process: read the stream until `stop_at`; send [(id, arrival), ...]."""
-    seen: list[tuple[int, float]] = []
-    with httpx.Client(timeout=httpx.Timeout(5.0, read=30.0)) as client, \
-            client.stream("GET", url) as response:
-        for line in response.iter_lines():
-            if line.startswith("id:"):
-                seen.append((int(line[3:].strip()), time.time()))
-            if time.time() >= stop_at:
-                break
-    out.put(seen)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _one(stacks: int, duration: float, warmup: float) -> dict[str, Any]:
-    from dashboard.api import create_app
-
     with tempfile.TemporaryDirectory(prefix="tickwork-prop-") as tmp:
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None, database_url=f"sqlite:///{Path(tmp) / 'p.db'}", tick_interval=1,
@@ -72,35 +46,13 @@ async def _one(stacks: int, duration: float, warmup: float) -> dict[str, Any]:
             conn.execute(insert(t.stacks), [
                 {"name": f"p{i:04d}", "goal": "propagation", "execution_state": "running",
                  "created_at": now, "updated_at": now} for i in range(stacks)])
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="on"))
-        serving = asyncio.ensure_future(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.05)
-        await rt.start()
-        await asyncio.sleep(warmup)
-        results: Any = mp.get_context("spawn").Queue()
-        stop_at = time.time() + duration
-        reader = mp.get_context("spawn").Process(
-            target=_reader, args=(f"http://127.0.0.1:{port}/api/events", stop_at, results))
-        reader.start()
-        seen: list[tuple[int, float]] = []
-        while reader.is_alive() or not results.empty():
-            try:
-                seen = results.get_nowait()
-                break
-            except Exception:
-                await asyncio.sleep(0.2)
-        reader.join(timeout=10)
-        await rt.stop()
-        server.should_exit = True
-        await serving
-        with rt.db.read() as conn:
-            stamped = dict(conn.execute(select(t.events.c.id, t.events.c.created_at)
-                                        .where(t.events.c.id.in_([i for i, _ in seen]))).all())
+        async with serving(rt) as url:
+            await rt.start()
+            await asyncio.sleep(warmup)
+            seen = await StreamClient(url, duration).arrivals()
+            await rt.stop()
+        latencies = latencies_ms(rt, seen)
         rt.close()
-    latencies = [(arrived - stamped[i]) * 1000 for i, arrived in seen if i in stamped]
     span = (seen[-1][1] - seen[0][1]) if len(seen) > 1 else 0.0
     return {"stacks": stacks, "duration_s": duration, "events": len(latencies),
             "events_per_s": len(latencies) / span if span else 0.0,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from schema import tables as t
 from schema.models import (
@@ -25,6 +25,7 @@ from schema.models import (
     Usage,
     ts,
 )
+from schema.prepared import Prepared
 
 Row = Mapping[Any, Any]
 
@@ -198,9 +199,14 @@ def artifacts(conn: Connection, stack_id: int, limit: int = 20) -> list[Artifact
             for r in conn.execute(q).mappings()]
 
 
-def events_after(conn: Connection, after_id: int, limit: int = 500) -> list[Row]:
-    q = (select(t.events).where(t.events.c.id > after_id).order_by(t.events.c.id).limit(limit))
-    return list(conn.execute(q).mappings())
+_EVENTS_AFTER = Prepared(select(t.events).where(t.events.c.id > bindparam("after"))
+                         .order_by(t.events.c.id).limit(bindparam("lim")))
+
+
+def events_after(conn: Connection, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
+    """Outbox rows after `after_id`, oldest first (the event stream reads this on every
+    commit that wrote events)."""
+    return _EVENTS_AFTER.dicts(conn, {"after": after_id, "lim": limit})
 
 
 def last_event_id(conn: Connection) -> int:
