@@ -44,7 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SIM_LATENCY = "1500,3000"  # Groq-like: median 1.5 s, p99 3 s
 FIELDS = ("llm", "stacks", "duration_s", "interval_s", "ticks_expected", "ticks_started",
           "ticks_succeeded", "ticks_skipped", "ticks_failed", "lateness_ms",
-          "tick_duration_ms", "cpu_ms_per_tick", "propagation_ms", "rss_mb", "llm_calls_per_s")
+          "tick_duration_ms", "cpu_ms_per_tick", "propagation_ms", "rss_mb", "llm_calls_per_s",
+          # beyond the shape
+          "ticks_skipped_busy", "failure_reasons", "cpu_ms_per_tick_without_sdk",
+          "sdk_cpu_ms_per_call", "cpu_ms_per_tick_by_thread", "cpu_ms_per_tick_by_interval",
+          "fallbacks", "db_rows_per_s", "db_rows", "stream_events", "sim_latency_ms", "slots")
 
 
 def _free_port() -> int:
@@ -110,8 +114,7 @@ def run_step(args: argparse.Namespace, stacks: int, label: str, progress: Progre
     figures = json.loads(out.read_text())
     run = {key: figures.get(key) for key in FIELDS}
     run["llm"] = args.llm
-    run.update(slots=figures.get("slots"), sim_latency_ms=figures.get("sim_latency_ms"),
-               started_share=report.started_share(run))
+    run["started_share"] = report.started_share(run)
     return run
 
 
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         out.print(f"[{'green' if c.passed else 'red'}]{c.line()}[/]", highlight=False)
     if not checks:
         out.print("[dim]no target applies to these steps (inprocess: 1000 stacks; "
-                  "chain: 500 stacks)[/]")
+                  "chain: 500 stacks; propagation: 100 stacks)[/]")
     if args.plots:
         for path in report.plots(rows, Path(args.plots)):
             out.print(f"plot: {path}")

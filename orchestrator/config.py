@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     poll_s: float = Field(default=1.0, gt=0, description="queue/outbox poll without wake-ups")
     reap_every_s: float = Field(default=5.0, gt=0)
     claim_batch: int = Field(default=1000, ge=1)
-    group_commit_ms: float = Field(default=10.0, ge=0, le=1000,
+    group_commit_ms: float = Field(default=20.0, ge=0, le=1000,
                                    description="SQLite: how long a journaled step waits to "
                                    "share its transaction with others")
     catchup_slots: int = Field(default=6, ge=0, description="missed beat slots fanned out late")

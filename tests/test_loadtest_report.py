@@ -51,7 +51,18 @@ def test_targets_are_judged_only_for_their_steps() -> None:
     assert "PASS  inprocess at 1000 stacks: lateness p99 ≤ 50 ms (measured 45.00)" in lines
     assert "PASS  inprocess at 1000 stacks: CPU ≤ 2 ms per tick (measured 1.80)" in lines
     assert "FAIL  chain at 500 stacks: lateness p99 ≤ 100 ms (measured 150.00)" in lines
-    assert report.check(report.medians(RUNS[:1])) == []
+    assert "PASS  inprocess at 100 stacks: propagation p95 ≤ 100 ms (measured 60.00)" in lines
+    assert report.check(report.medians(RUNS[1:2])) != []
+    assert report.check(report.medians([_run("inprocess", 250, 1.0, 1.0)])) == []
+
+
+def test_slots_skipped_because_the_stack_was_busy_are_counted_apart() -> None:
+    run = _run("inprocess", 1000, 40.0, 1.5, started=5996)
+    assert report.started_share(run) < 1.0
+    run.update(ticks_skipped=4, ticks_skipped_busy=4)
+    assert report.started_share(run) == 1.0
+    run.update(ticks_started=5995)  # one more missing, not for a busy stack: a failure
+    assert report.started_share(run) < 1.0
 
 
 def test_markdown_and_plots(tmp_path: Path) -> None:
@@ -61,7 +72,8 @@ def test_markdown_and_plots(tmp_path: Path) -> None:
     text = report.markdown(result, "scripts/loadtest --stacks 100,500,1000 --json r.json")
     assert "scripts/loadtest --stacks 100,500,1000 --json r.json" in text
     assert "| inprocess | 1000 |" in text
-    assert "- PASS  inprocess at 1000 stacks: 100% of ticks started (measured 100.0%)" in text
+    assert ("- PASS  inprocess at 1000 stacks: 100% of ticks started (of slots whose stack "
+            "was free) (measured 100.0%)") in text
     assert "- FAIL  chain at 500 stacks: lateness p99 ≤ 100 ms" in text
     written = report.plots(rows, tmp_path / "plots")
     assert {p.name for p in written} == {"lateness.png", "cpu_per_tick.png", "started.png",
