@@ -95,8 +95,15 @@ def load(conn: Connection, tick_id: int, stack_id: int, attempt: int = 2) -> Jou
 
 
 def load_many(conn: Connection, ticks: Iterable[Claimed]) -> dict[int, Journal]:
-    """`load` for each claimed tick, in the claiming transaction: by tick id."""
-    return {c.id: load(conn, c.id, c.stack_id, c.attempt) for c in ticks}
+    """`load` for each claimed tick, in the claiming transaction: by tick id. A tick whose
+    journal cannot be read is left out: its runner reads it again, and fails alone."""
+    out: dict[int, Journal] = {}
+    for c in ticks:
+        try:
+            out[c.id] = load(conn, c.id, c.stack_id, c.attempt)
+        except LookupError:
+            continue
+    return out
 
 
 def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, index: int,
