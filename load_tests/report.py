@@ -18,7 +18,7 @@ Run = dict[str, Any]
 NUMBERS = ("ticks_expected", "ticks_started", "ticks_succeeded", "ticks_skipped",
            "ticks_skipped_busy", "ticks_failed", "cpu_ms_per_tick",
            "cpu_ms_per_tick_without_sdk", "sdk_cpu_ms_per_call", "rss_mb", "llm_calls_per_s",
-           "fallbacks", "db_rows_per_s", "stream_events")
+           "fallbacks", "db_rows_per_s", "stream_events", "rss_anon_mb")
 SUMMARIES = ("lateness_ms", "tick_duration_ms", "propagation_ms")
 
 

@@ -48,7 +48,8 @@ FIELDS = ("llm", "stacks", "duration_s", "interval_s", "ticks_expected", "ticks_
           # beyond the issue's shape
           "ticks_skipped_busy", "failure_reasons", "cpu_ms_per_tick_without_sdk",
           "sdk_cpu_ms_per_call", "cpu_ms_per_tick_by_thread", "cpu_ms_per_tick_by_interval",
-          "fallbacks", "db_rows_per_s", "db_rows", "stream_events", "sim_latency_ms", "slots")
+          "fallbacks", "db_rows_per_s", "db_rows", "stream_events", "sim_latency_ms", "slots",
+          "rss_anon_mb")
 
 
 def _free_port() -> int:

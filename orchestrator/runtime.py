@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 from collections.abc import Awaitable, Mapping
@@ -126,6 +127,12 @@ class Runtime:
         """Start the parts of this process. With `scheduler=False` the beat is not put on
         APScheduler: the caller fires `self.beat.fire()` itself (tests, benchmarks)."""
         self.bus.bind(asyncio.get_running_loop())
+        # Everything built so far (modules, tables, compiled statements, clients) lives as
+        # long as the process: move it out of the collector's sight. Without this, each full
+        # collection walks it all and stops every tick for ~100 ms (measured at 1,000 stacks:
+        # ~8 such pauses a minute, each one late for the slot it lands on).
+        gc.collect()
+        gc.freeze()
         if worker:
             self._spawn(self.worker.run(), "worker")
             self._spawn(self.reaper.run(), "reaper")
