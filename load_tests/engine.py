@@ -206,7 +206,7 @@ async def _sdk_call_cpu_ms(rt: Runtime, sim_url: str, calls: int = 100) -> float
     against sim-llm answering at once; the step's latency is put back afterwards."""
     async with httpx.AsyncClient(base_url=sim_url) as http:
         before = (await http.get("/_sim/config")).json()
-        await http.post("/_sim/config", json={"latency_ms": "0"})
+        await http.post("/_sim/config", json={"both": {"latency_ms": "0"}})
         try:
             request = LLMRequest(messages=[{"role": "user", "content": "Task: calibrate"}],
                                  schema_name="Plan", seed="calibrate")
@@ -217,7 +217,8 @@ async def _sdk_call_cpu_ms(rt: Runtime, sim_url: str, calls: int = 100) -> float
                 await rt.llm.complete(request)
             return (time.process_time() - cpu) * 1000 / calls
         finally:
-            await http.post("/_sim/config", json={"latency_ms": before["latency_ms"]})
+            await http.post("/_sim/config", json={
+                name: {"latency_ms": knobs["latency_ms"]} for name, knobs in before.items()})
 
 
 def run_step(stacks: int, duration: float, latency: str = "1500,3000", interval: int = 10,
