@@ -32,7 +32,7 @@ class Target:
     at_least: bool = False  # the figure must be >= limit (otherwise <=)
 
 
-STARTED = "100% of ticks started (of slots whose stack was free)"
+STARTED = "100% of ticks started"
 TARGETS = (
     Target("inprocess", 1000, STARTED, "started_share", 1.0, at_least=True),
     Target("inprocess", 1000, "lateness p99 ≤ 50 ms", "lateness_p99", 50.0),
@@ -67,11 +67,30 @@ class Check:
 
 
 def started_share(run: Run) -> float:
-    """Ticks started over slots whose stack was free. A slot whose stack's previous tick is
-    still running (four model calls at 1.5 s median, 3 s p99 can outlast a 10 s slot) is
-    skipped by design — one tick at a time per stack — and is counted apart."""
-    expected = (run.get("ticks_expected") or 0) - (run.get("ticks_skipped_busy") or 0)
+    """Ticks started over slots expected. Slots skipped because the stack's previous tick was
+    still running count as not started — whether the model's latency tail made that tick
+    outlast its slot or the engine was too slow — and are shown apart ("busy")."""
+    expected = run.get("ticks_expected") or 0
     return float(run.get("ticks_started") or 0) / expected if expected > 0 else 0.0
+
+
+def rerender(path: Path, plot_dir: Path | None, markdown_path: Path | None) -> list[Check]:
+    """Recompute the derived figures of a saved report (after a change to this module) and
+    write its Markdown and plots again."""
+    import json
+
+    result = json.loads(path.read_text())
+    for run in result["runs"]:
+        run["started_share"] = started_share(run)
+    rows = medians(result["runs"])
+    if "medians" in result:
+        result["medians"] = rows
+    path.write_text(json.dumps(result, indent=2))
+    if markdown_path is not None:
+        markdown_path.write_text(markdown(result, result.get("command", "")))
+    if plot_dir is not None:
+        plots(rows, plot_dir)
+    return check(rows)
 
 
 def metric(run: Run, name: str) -> float | None:
@@ -228,3 +247,20 @@ def plots(rows: Sequence[Run], directory: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def main() -> None:
+    """python -m load_tests.report FILE.json [--plots DIR] [--markdown FILE.md]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="render a saved load-test report again")
+    parser.add_argument("json", type=Path)
+    parser.add_argument("--plots", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    for c in rerender(args.json, args.plots, args.markdown):
+        print(c.line())
+
+
+if __name__ == "__main__":
+    main()
