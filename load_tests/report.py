@@ -149,7 +149,7 @@ def cells(row: Run) -> list[str]:
     dur = row.get("tick_duration_ms") or {}
     prop = row.get("propagation_ms") or {}
     return [str(row["llm"]), str(row["stacks"]), _fmt(row.get("ticks_expected"), 0),
-            f"{_fmt(row.get('ticks_started'), 0)} ({started_share(row):.0%})",
+            f"{_fmt(row.get('ticks_started'), 0)} ({started_share(row):.1%})",
             _fmt(row.get("ticks_succeeded"), 0),
             f"{_fmt(row.get('ticks_skipped'), 0)} ({_fmt(row.get('ticks_skipped_busy'), 0)})",
             _fmt(row.get("ticks_failed"), 0), _fmt(late.get("p50")), _fmt(late.get("p99")),
