@@ -129,8 +129,8 @@ class Runtime:
         self.bus.bind(asyncio.get_running_loop())
         # Everything built so far (modules, tables, compiled statements, clients) lives as
         # long as the process: move it out of the collector's sight. Without this, each full
-        # collection walks it all and stops every tick for ~100 ms (measured at 1,000 stacks:
-        # ~8 such pauses a minute, each one late for the slot it lands on).
+        # collection walks it all, stopping every tick meanwhile (at 1,000 stacks, for about
+        # 100 ms; a slot it lands on starts late).
         gc.collect()
         gc.freeze()
         if worker:
