@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from load_tests import report
+from load_tests.stream import free_port
 
 console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,16 +52,10 @@ FIELDS = ("llm", "stacks", "duration_s", "interval_s", "ticks_expected", "ticks_
           "rss_anon_mb")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def sim_llm(latency: str, log: Path) -> Iterator[str]:
     """A `tickwork sim-llm` process on a free loopback port; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("tickwork")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "orchestrator.cli"]
     with log.open("wb") as out:
