@@ -5,11 +5,16 @@ Users add agents in either of two ways:
   (``myagent = "mypkg.agents:MyAgent"``), found at start-up;
 - ``TICKWORK_AGENTS="mypkg.agents:MyAgent,..."``, import paths read from the settings.
 A stack names its team from these; a stack that names none gets the default team.
+
+An import path is looked up on Python's path with the current directory first, as
+`python -m` does: a `mypkg/` folder beside where tickwork starts is found without installing.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 
@@ -80,11 +85,33 @@ class AgentRegistry:
         return registry
 
 
+class AgentLoadError(ValueError):
+    """An agent named by TICKWORK_AGENTS or an entry point cannot be loaded; says why."""
+
+
+def _import(module_name: str) -> object:
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(module_name)
+
+
 def load_object(path: str) -> AgentFactory:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"agent import path must look like 'package.module:Class', got {path!r}")
-    obj: AgentFactory = getattr(importlib.import_module(module_name), attr)
+        raise AgentLoadError(f"an agent's import path looks like 'package.module:Class', "
+                             f"not {path!r}")
+    try:
+        module = _import(module_name)
+    except ImportError as exc:
+        raise AgentLoadError(f"cannot import {module_name!r} for {path} ({exc}); the module "
+                             f"must be importable from the current directory ({os.getcwd()}) "
+                             "or installed") from None
+    except Exception as exc:
+        raise AgentLoadError(f"importing {module_name!r} for {path} raised {exc!r}") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise AgentLoadError(f"{module_name!r} has no {attr!r} (from {path})")
     if not callable(obj):
-        raise TypeError(f"{path} is not a class or factory")
+        raise AgentLoadError(f"{path} is not a class or factory")
     return obj

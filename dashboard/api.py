@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from dashboard import errors, pages, routes_stacks, routes_system, sse, system
 from dashboard.auth import Authenticator
 from dashboard.session import SessionStore
+from orchestrator import fleet
 from orchestrator.runtime import Runtime
 
 
@@ -35,7 +36,7 @@ def create_app(rt: Runtime, *, event_backlog: int = sse.MAX_PENDING) -> FastAPI:
 
     app = FastAPI(
         title="tickwork",
-        version=routes_system.version(),
+        version=fleet.version(),
         summary="Scheduled multi-agent tick orchestrator: stacks, ticks and live events.",
         lifespan=lifespan,
     )

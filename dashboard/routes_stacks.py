@@ -27,8 +27,10 @@ from schema.models import (
     MemoryOut,
     MessageOut,
     PauseRequest,
+    StackChange,
     StackCreate,
     StackOut,
+    TeamUpdate,
     TickDetail,
     TickSummary,
 )
@@ -63,6 +65,9 @@ def router(rt: Runtime, auth: Authenticator) -> APIRouter:
     public = APIRouter(prefix="/api", tags=["stacks"])
     admin = APIRouter(prefix="/api", tags=["stacks"], route_class=auth.route_class(),
                       dependencies=[auth.dependency], responses=responses(401))
+
+    def agents() -> stacks.Agents:
+        return stacks.Agents(rt.registry.names(), rt.settings.lease_s)
 
     async def stack_out(stack_id: int) -> StackOut:
         found = await db.query(read.get_stack, stack_id, interval, DEFAULT_TEAM, rt.clock.now())
@@ -125,7 +130,7 @@ def router(rt: Runtime, auth: Authenticator) -> APIRouter:
     async def create_stack(spec: StackCreate, response: Response) -> StackOut:
         """Create a stack; unless created paused, its first tick is queued at once."""
         row = await db.transact(stacks.create, spec, beat_interval=interval,
-                                now=rt.clock.now(), check_team=rt.registry.check)
+                                now=rt.clock.now(), agents=agents())
         response.headers["Location"] = f"/api/stacks/{row['id']}"
         return await stack_out(row["id"])
 
@@ -136,17 +141,34 @@ def router(rt: Runtime, auth: Authenticator) -> APIRouter:
         await db.transact(stacks.delete, stack_id, rt.clock.now())
         return Response(status_code=204)
 
-    @admin.post("/stacks/{stack_id}/play", responses=responses(404, 422))
-    async def play(stack_id: StackId) -> StackOut:
-        await db.transact(stacks.play, stack_id, now=rt.clock.now())
-        return await stack_out(stack_id)
+    async def changed(outcome: stacks.Outcome) -> StackChange:
+        out = await stack_out(outcome.row["id"])
+        return StackChange(**out.model_dump(), changed=outcome.changed,
+                           message=outcome.message)
+
+    @admin.post("/stacks/{stack_id}/play", responses=responses(404, 409, 422))
+    async def play(stack_id: StackId) -> StackChange:
+        """Set a stack running; its next tick is queued at once. A running stack stays as it
+        is (`changed` false, and `message` says so); 409 when its budget is spent today or its
+        team names an agent the running workers do not know."""
+        return await changed(await db.transact(stacks.play, stack_id, now=rt.clock.now(),
+                                               agents=agents()))
 
     @admin.post("/stacks/{stack_id}/pause", responses=responses(404, 409, 422))
-    async def pause(stack_id: StackId, body: PauseRequest | None = None) -> StackOut:
+    async def pause(stack_id: StackId, body: PauseRequest | None = None) -> StackChange:
         """Pause a stack: no new tick starts, its queued tick is cancelled, a running one
-        finishes. The body is optional."""
+        finishes. The body is optional; an already paused stack keeps its reason unless a new
+        one is given (`changed` and `message` say what happened)."""
         reason = body.reason if body else None
-        await db.transact(stacks.pause, stack_id, reason, rt.clock.now())
+        return await changed(await db.transact(stacks.pause, stack_id, reason,
+                                               rt.clock.now()))
+
+    @admin.put("/stacks/{stack_id}/team", responses=responses(404, 422))
+    async def set_team(stack_id: StackId, body: TeamUpdate) -> StackOut:
+        """Give the stack another team (null: the default one); its next tick runs it. Every
+        agent must be known to the running workers."""
+        await db.transact(stacks.set_team, stack_id, body.team, rt.clock.now(),
+                          agents=agents())
         return await stack_out(stack_id)
 
     @admin.put("/stacks/{stack_id}/budget", responses=responses(404, 422))

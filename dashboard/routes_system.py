@@ -7,7 +7,6 @@ writes it.
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 from typing import Any
 
 from fastapi import APIRouter
@@ -17,17 +16,12 @@ from sqlalchemy import Connection, text
 
 from dashboard import metrics as metrics_text
 from dashboard.sse import EventTailer
+from orchestrator.fleet import version
 from orchestrator.runtime import Runtime
+from schema import read
 
 READY_TIMEOUT_S = 2.0
 PROMETHEUS_TEXT = metrics_text.CONTENT_TYPE
-
-
-def version() -> str:
-    try:
-        return importlib.metadata.version("tickwork")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 class Status(BaseModel):
@@ -39,12 +33,21 @@ class NotReady(BaseModel):
     error: str
 
 
+class Endpoint(BaseModel):
+    name: str
+    model: str
+    base_url: str
+    on_loopback: bool  # served from this machine: a local simulator, not the real provider
+
+
 class SystemOut(BaseModel):
     llm: str
     simulated: bool
-    tick_interval: int
+    tick_interval: int  # the beat the system runs at, as its beat recorded it
     version: str
     agents: list[str]
+    providers: list[Endpoint] = []
+    notes: list[str] = []  # providers left out, providers served on loopback
 
 
 def _ping(conn: Connection) -> None:
@@ -98,8 +101,13 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
     @api.get("/api/system")
     async def system() -> SystemOut:
         """Which model answers (a simulated one says so), the beat, the version, the agents."""
+        interval = await rt.db.query(read.beat_interval, rt.settings.tick_interval)
+        providers = [Endpoint(name=p.name, model=p.model, base_url=p.base_url,
+                              on_loopback=p.on_loopback)
+                     for p in (rt.chain.providers if rt.chain is not None else [])]
         return SystemOut(llm=rt.llm_label, simulated=rt.llm.simulated,
-                         tick_interval=rt.settings.tick_interval, version=version(),
-                         agents=rt.registry.names())
+                         tick_interval=interval, version=version(),
+                         agents=rt.registry.names(), providers=providers,
+                         notes=rt.llm_notes)
 
     return api

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from dashboard.pages_html import esc, page
 from orchestrator import activity
 from orchestrator.runtime import Runtime
+from schema import read
 from schema.models import ts
 
 DASH = "—"
@@ -101,6 +102,7 @@ class SystemHealth(BaseModel):
 
 async def health(rt: Runtime) -> SystemHealth:
     seen = await rt.db.query(activity.recent, rt.clock.now())
+    interval = await rt.db.query(read.beat_interval, rt.settings.tick_interval)
     snap = rt.stats.snapshot(rt.clock.monotonic())
     providers = []
     for p in rt.chain.providers if rt.chain is not None else []:
@@ -114,7 +116,7 @@ async def health(rt: Runtime) -> SystemHealth:
                               tokens_reset_s=h.tokens_reset_s, blocked_for_s=h.blocked_for_s,
                               rpm=h.rpm, tpm=h.tpm)))
     return SystemHealth(
-        llm=rt.llm_label, simulated=rt.llm.simulated, tick_interval=rt.settings.tick_interval,
+        llm=rt.llm_label, simulated=rt.llm.simulated, tick_interval=interval,
         window_s=seen.window_s,
         lateness=Lateness(p50_ms=snap.lateness_p50_ms, p99_ms=snap.lateness_p99_ms,
                           samples=len(rt.stats.lateness.recent)),

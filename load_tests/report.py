@@ -1,7 +1,7 @@
 """The load-test report: per-step medians, pass/fail against the targets, Markdown and PNG plots.
 
 A run is one step's figures as `load_tests.engine` returns them (plus `propagation_ms`, None
-when not measured). The targets are DESIGN.md's "Performance" ones; each applies to one model
+when not measured). The targets are docs/design.md's "Performance" ones; each applies to one model
 mode at one stack count and is judged only where the sweep ran that step.
 """
 

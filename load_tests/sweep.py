@@ -4,7 +4,7 @@
 `--llm chain` starts `tickwork sim-llm` on a free loopback port for each step (Groq-like latency)
 and runs the step through the real SDK chain against it — the simulator is another process, so
 its CPU stays out of the orchestrator's figure. Writes a JSON report, and optionally PNG plots
-and a Markdown summary, and judges DESIGN.md's performance targets for the steps they apply to.
+and a Markdown summary, and judges docs/design.md's performance targets for the steps they apply to.
 
     scripts/loadtest --stacks 1,10,100,250,500,1000 --duration 300 --repeat 3 \\
         --json r.json --plots plots/ --markdown r.md [--llm chain|inprocess] [--interval 10]

@@ -11,14 +11,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestrator import queue
 from orchestrator.slots import next_fire, slots_to_fire
+from schema import tables as t
 from schema.clock import Clock
 from schema.db import Database
+from schema.prepared import Prepared
+from schema.read import BEAT_INTERVAL, beat_interval
 
 log = logging.getLogger("tickwork.beat")
 
@@ -40,6 +46,11 @@ class Beat:
         self.last_slot: int | None = None
         self.history: list[Fired] = []  # the most recent fires, for the system view
 
+    async def record_interval(self) -> None:
+        """Record the interval this beat runs at as the system's: every process and command
+        reads it from the database (stack intervals are checked against it)."""
+        await self._db.transact(record_interval, self.interval, self._clock.now())
+
     async def fire(self) -> list[Fired]:
         fired = []
         for slot in slots_to_fire(self.last_slot, self._clock.now(), self.interval,
@@ -55,6 +66,23 @@ class Beat:
             log.debug("slot %d: %d queued, %d skipped in %.1f ms", f.slot, f.queued, f.skipped,
                       f.fanout_ms)
         return fired
+
+
+def _upsert_meta(dialect_name: str) -> Any:
+    stmt = (postgresql if dialect_name == "postgresql" else sqlite).insert(t.meta)
+    return stmt.on_conflict_do_update(index_elements=["key"], set_={
+        "value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at})
+
+
+_UPSERT_META = Prepared(_upsert_meta)
+
+
+def record_interval(conn: Connection, interval: int, now: float) -> None:
+    previous = beat_interval(conn, interval)
+    _UPSERT_META.run(conn, {"key": BEAT_INTERVAL, "value": str(interval),
+                            "updated_at": now}).close()
+    if previous != interval:
+        log.info("the beat interval is now %d s (it was %d s)", interval, previous)
 
 
 class BeatScheduler:

@@ -39,13 +39,15 @@ app.command("sim-llm")(cli_sim.sim_llm)
 app.command("top")(cli_top.top)
 
 LONG_RUNNING = frozenset({"up", "beat", "worker", "dashboard"})
+LIBRARY_LOGGERS = ("alembic", "apscheduler", "httpx", "httpcore", "openai", "groq", "aiohttp",
+                   "urllib3", "uvicorn.access")
 
 Host = Annotated[str, typer.Option("--host", help="Address to listen on.")]
 Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")]
 Interval = Annotated[int | None, typer.Option(
     "--interval", min=1, max=86_400,
-    help="The beat, seconds (overrides TICKWORK_TICK_INTERVAL; give the same value to the "
-         "other commands through TICKWORK_TICK_INTERVAL).")]
+    help="The beat, whole seconds (default: TICKWORK_TICK_INTERVAL, else 10). It is recorded "
+         "in the database, where every other process and command reads it.")]
 
 
 @app.command()
@@ -78,9 +80,10 @@ def dashboard(host: Host = "127.0.0.1", port: Port = 8000) -> None:
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Migrate the database to the latest revision (safe to run at any time)."""
+    """Create the database if needed and migrate it to the latest revision (safe to run at any
+    time, from any number of processes: they migrate once)."""
     settings = load_settings()
-    with open_database(settings) as db:
+    with open_database(settings, create=True) as db:
         revision = current(db)
     note = " (latest)" if revision == head() else ""
     console.print(Text(f"database {mask_url(settings.database_url)} is at revision "
@@ -103,8 +106,11 @@ def configure_logging(command: str | None) -> None:
     if level is None:
         logging.getLogger("tickwork").warning(
             "TICKWORK_LOG_LEVEL=%r is not a log level; using %s", name, default)
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+    # Libraries log every HTTP request and scheduler run at INFO: they stay at WARNING unless
+    # TICKWORK_LOG_LEVEL=DEBUG asks for everything.
+    quiet = logging.DEBUG if logging.root.level <= logging.DEBUG else logging.WARNING
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(quiet, logging.root.level))
 
 
 def main() -> None:

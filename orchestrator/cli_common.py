@@ -32,12 +32,13 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from agents.registry import DEFAULT_TEAM
+from agents.registry import DEFAULT_TEAM, AgentRegistry
 from orchestrator.config import Settings
 from orchestrator.errors import UserError
+from orchestrator.stacks import Agents
 from schema.clock import SystemClock
-from schema.db import Database
-from schema.migrate import upgrade
+from schema.db import Database, sqlite_file
+from schema.migrate import SchemaMismatch, require_current, upgrade
 from schema.models import TickSummary
 
 console = Console(highlight=False)
@@ -135,11 +136,23 @@ class Admin:
 
     @property
     def beat_interval(self) -> int:
+        """The configured beat: what stacks are checked and shown against when no beat has
+        recorded the interval it runs at (the reads look that up in the database first)."""
         return self.settings.tick_interval
 
     @property
     def default_team(self) -> Sequence[str]:
         return DEFAULT_TEAM
+
+    @property
+    def agents(self) -> Agents:
+        """What teams are checked against: the running workers' agents, or, while none runs,
+        those this command can load (the built-ins, TICKWORK_AGENTS, entry points)."""
+        try:
+            registry = AgentRegistry.default(self.settings.agent_paths)
+        except Exception as exc:
+            fail(f"cannot load the agents (TICKWORK_AGENTS or a tickwork.agents plugin): {exc}")
+        return Agents(registry.names(), self.settings.lease_s)
 
     def now(self) -> float:
         return SystemClock().now()
@@ -155,18 +168,38 @@ class Admin:
             yield conn
 
 
+def no_database_message(settings: Settings) -> str | None:
+    """Why a SQLite database that is not there will not be made here, or None when it is
+    there (or the URL names another kind of database)."""
+    path = sqlite_file(settings.database_url)
+    if path is None or path.exists():
+        return None
+    return (f"no tickwork database at {path} (TICKWORK_DATABASE_URL="
+            f"{mask_url(settings.database_url)}, relative paths are from the current "
+            "directory): run the command where `tickwork up` runs, set TICKWORK_DATABASE_URL "
+            "to that database, or create one with `tickwork db upgrade`")
+
+
 @contextlib.contextmanager
-def open_database(settings: Settings, *, migrate: bool = True) -> Iterator[Database]:
-    """A Database on the configured URL, migrated to head; database errors become one line."""
+def open_database(settings: Settings, *, create: bool = False) -> Iterator[Database]:
+    """A Database on the configured URL. With `create` (only `tickwork up` and `tickwork db
+    upgrade`) it is made if missing and migrated to head; otherwise it must exist at the
+    latest revision. Database errors become one line."""
     url = settings.database_url
+    if not create and (missing := no_database_message(settings)) is not None:
+        fail(missing)
     try:
         db = Database(url)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         fail(database_message(url, exc))
     try:
-        if migrate:
+        if create:
             upgrade(db)
+        else:
+            require_current(db, mask_url(url))
         yield db
+    except SchemaMismatch as exc:
+        fail(str(exc))
     except (SQLAlchemyError, CommandError) as exc:
         fail(database_message(url, exc))
     finally:
@@ -175,7 +208,7 @@ def open_database(settings: Settings, *, migrate: bool = True) -> Iterator[Datab
 
 @contextlib.contextmanager
 def admin(label: Callable[[str], str] = str) -> Iterator[Admin]:
-    """Settings, a migrated database and user-error handling, for one short command."""
+    """Settings, the database and user-error handling, for one short command."""
     settings = load_settings()
     with open_database(settings) as db, user_errors(label):
         yield Admin(settings, db)

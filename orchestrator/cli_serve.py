@@ -125,12 +125,13 @@ class Shutdown:
 # -- running ------------------------------------------------------------------------------
 
 
-def _runtime(settings: Settings) -> Runtime:
+def _runtime(role: Role, settings: Settings) -> Runtime:
     try:
         registry = AgentRegistry.default(settings.agent_paths)
     except Exception as exc:
         fail(f"cannot load the agents (TICKWORK_AGENTS or a tickwork.agents plugin): {exc}")
-    with open_database(settings):  # migrate, and report an unreachable database plainly
+    # `up` makes and migrates its database; the other roles need one at the latest revision.
+    with open_database(settings, create=role is UP):
         pass
     try:
         return Runtime.build(settings, migrate=False, registry=registry)
@@ -187,7 +188,7 @@ def _log_start(role: Role, rt: Runtime, url: str | None) -> None:
 async def _run(role: Role, rt: Runtime, app: Any, sock: socket.socket | None) -> None:
     shutdown = Shutdown(asyncio.get_running_loop())
     with shutdown.installed():
-        await rt.start(beat=role.beat, worker=role.worker)
+        await rt.start(beat=role.beat, worker=role.worker, role=role.name)
         try:
             if app is not None and sock is not None:
                 server = _Server(uvicorn.Config(
@@ -207,7 +208,7 @@ def serve(role: Role, settings: Settings, host: str = "127.0.0.1", port: int = 8
     """Run `role` until SIGINT or SIGTERM."""
     sock = bind(host, port) if role.http else None
     try:
-        rt = _runtime(settings)
+        rt = _runtime(role, settings)
         try:
             app = _app(rt) if role.http else None
             url = url_for(host, sock.getsockname()[1]) if sock is not None else None

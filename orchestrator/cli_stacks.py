@@ -7,7 +7,6 @@ each command one transaction through `orchestrator.stacks`, outbox events includ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Annotated
 
 import typer
@@ -17,7 +16,6 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Connection
 
-from agents.registry import AgentRegistry
 from orchestrator import stacks
 from orchestrator.cli_common import (
     Admin,
@@ -32,14 +30,26 @@ from orchestrator.cli_common import (
 )
 from orchestrator.errors import NotFound
 from schema import read
-from schema.models import BudgetUpdate, StackCreate, StackOut, TickSummary
+from schema.models import (
+    INT32_MAX,
+    USD_MAX,
+    BudgetUpdate,
+    StackCreate,
+    StackOut,
+    TeamUpdate,
+    TickSummary,
+)
 from schema.read import tick_summary
 
 app = typer.Typer(help="Create, inspect, play and pause stacks.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead.")]
-StackId = Annotated[int, typer.Argument(metavar="ID",
+StackId = Annotated[int, typer.Argument(metavar="ID", min=1, max=INT32_MAX,
                                         help="The stack's id (see `tickwork stacks list`).")]
+OptStackId = Annotated[int | None, typer.Argument(metavar="ID", min=1, max=INT32_MAX,
+                                                  help="The stack's id.")]
+TeamOpt = Annotated[str | None, typer.Option(
+    "--team", help="Agents in order, comma-separated (default: the four built-ins).")]
 
 _OPTION_OF = {"name": "NAME", "goal": "--goal", "interval_s": "--interval", "team": "--team",
               "budget_tokens_per_day": "--budget-tokens", "budget_usd_per_day": "--budget-usd",
@@ -62,12 +72,8 @@ def _one_of(ctx: typer.Context, stack_id: int | None, all_: bool, verb: str) -> 
         usage_error(ctx, f"give a stack ID to {verb}, or --all for every stack (not both)")
 
 
-def _check_team(cx: Admin) -> Callable[[Iterable[str]], None]:
-    try:
-        registry = AgentRegistry.default(cx.settings.agent_paths)
-    except Exception as exc:
-        fail(f"cannot load the agents (TICKWORK_AGENTS or a tickwork.agents plugin): {exc}")
-    return registry.check
+def _members(team: str | None) -> list[str] | None:
+    return None if team is None else [m.strip() for m in team.split(",") if m.strip()]
 
 
 @app.command("create")
@@ -75,30 +81,31 @@ def create_cmd(
     name: Annotated[str, typer.Argument(help="A unique name.")],
     goal: Annotated[str, typer.Option("--goal", "-g", help="What the team works towards.")] = "",
     interval: Annotated[int | None, typer.Option(
-        "--interval", help="Seconds between ticks, a multiple of the beat (default: the beat).",
+        "--interval", min=1, max=86_400,
+        help="Seconds between ticks, a multiple of the beat interval (default: the beat).",
     )] = None,
     paused: Annotated[bool, typer.Option("--paused", help="Create it paused.")] = False,
-    team: Annotated[str | None, typer.Option(
-        "--team", help="Agents in order, comma-separated (default: the four built-ins).",
-    )] = None,
+    team: TeamOpt = None,
     budget_tokens: Annotated[int | None, typer.Option(
-        "--budget-tokens", help="Daily token budget (UTC day); reaching it pauses the stack.",
+        "--budget-tokens", min=1, max=INT32_MAX,
+        help="Daily token budget (UTC day); reaching it pauses the stack.",
     )] = None,
     budget_usd: Annotated[float | None, typer.Option(
-        "--budget-usd", help="Daily budget in USD (UTC day); reaching it pauses the stack.",
+        "--budget-usd", min=0, max=USD_MAX,
+        help="Daily budget in USD (UTC day); reaching it pauses the stack.",
     )] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Create a stack; unless --paused, its first tick is queued at once."""
-    members = None if team is None else [m.strip() for m in team.split(",") if m.strip()]
+    """Create a stack; unless --paused, its first tick is queued at once. Its interval must
+    be a whole number of beats (the beat is what `tickwork up` or `tickwork beat` runs at)."""
     with admin(_option) as cx:
-        spec = StackCreate(name=name, goal=goal, interval_s=interval, team=members,
+        spec = StackCreate(name=name, goal=goal, interval_s=interval, team=_members(team),
                            paused=paused, budget_tokens_per_day=budget_tokens,
                            budget_usd_per_day=budget_usd)
-        check = _check_team(cx) if spec.team is not None else (lambda _names: None)
+        agents = cx.agents
         with cx.write() as conn:
             row = stacks.create(conn, spec, beat_interval=cx.beat_interval, now=cx.now(),
-                                check_team=check)
+                                agents=agents)
             out = _stack(cx, conn, row["id"])
     if json_out:
         print_json(out)
@@ -106,7 +113,7 @@ def create_cmd(
     what = ("paused" if out.execution_state == "paused"
             else "running; its first tick is queued")
     console.print(Text.assemble("created stack ", (str(out.id), "bold"), f" {out.name!r} ",
-                                f"({what})"))
+                                f"({what}), every {out.interval_s} s"))
 
 
 @app.command("list")
@@ -208,8 +215,10 @@ def _budget(out: StackOut) -> str:
 @app.command("budget")
 def budget_cmd(
     stack_id: StackId,
-    tokens: Annotated[int | None, typer.Option("--tokens", help="Daily token limit.")] = None,
-    usd: Annotated[float | None, typer.Option("--usd", help="Daily USD limit.")] = None,
+    tokens: Annotated[int | None, typer.Option("--tokens", min=1, max=INT32_MAX,
+                                               help="Daily token limit.")] = None,
+    usd: Annotated[float | None, typer.Option("--usd", min=0, max=USD_MAX,
+                                              help="Daily USD limit.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove both limits.")] = False,
 ) -> None:
     """Set a stack's daily budget (UTC day); limits not given stay as they are. Reaching it
@@ -228,27 +237,30 @@ def budget_cmd(
 @app.command("play")
 def play_cmd(
     ctx: typer.Context,
-    stack_id: Annotated[int | None, typer.Argument(metavar="ID", help="The stack's id.")] = None,
+    stack_id: OptStackId = None,
     all_: Annotated[bool, typer.Option("--all", help="Every stack that is not running.")] = False,
 ) -> None:
     """Set a stack (or all) running; its next tick is queued at once."""
     _one_of(ctx, stack_id, all_, "play")
-    with admin() as cx, cx.write() as conn:
-        if stack_id is None:
-            n = stacks.play_all(conn, now=cx.now())
-            console.print(f"{n} stack(s) set running")
-            return
-        row = stacks.play(conn, stack_id, now=cx.now())
-    console.print(Text(f"stack {row['id']} {row['name']!r} is running"))
+    with admin() as cx:
+        agents = cx.agents
+        with cx.write() as conn:
+            if stack_id is None:
+                n = stacks.play_all(conn, now=cx.now())
+                console.print(f"{n} stack(s) set running")
+                return
+            outcome = stacks.play(conn, stack_id, now=cx.now(), agents=agents)
+    console.print(Text(outcome.message))
 
 
 @app.command("pause")
 def pause_cmd(
     ctx: typer.Context,
-    stack_id: Annotated[int | None, typer.Argument(metavar="ID", help="The stack's id.")] = None,
+    stack_id: OptStackId = None,
     all_: Annotated[bool, typer.Option("--all", help="Every running stack.")] = False,
-    reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why (shown to all).")]
-    = None,
+    reason: Annotated[str | None, typer.Option(
+        "--reason", "-r", help="Why (shown to all); an already paused stack keeps its reason "
+        "unless one is given.")] = None,
 ) -> None:
     """Pause a stack (or all): no new tick starts, queued ones are cancelled, a running one
     finishes."""
@@ -258,8 +270,28 @@ def pause_cmd(
             n = stacks.pause_all(conn, reason, cx.now())
             console.print(f"{n} stack(s) paused")
             return
-        row = stacks.pause(conn, stack_id, reason, cx.now())
-    console.print(Text(f"stack {row['id']} {row['name']!r} paused ({row['pause_reason']})"))
+        outcome = stacks.pause(conn, stack_id, reason, cx.now())
+    console.print(Text(outcome.message))
+
+
+@app.command("team")
+def team_cmd(
+    stack_id: StackId,
+    team: Annotated[str | None, typer.Argument(
+        metavar="AGENTS", help="Agents in order, comma-separated.")] = None,
+    default: Annotated[bool, typer.Option("--default", help="The default team again.")] = False,
+) -> None:
+    """Give a stack another team; its next tick runs it. The agents must be known to the
+    running workers."""
+    if (team is None) == (not default):
+        fail("give the agents (e.g. planner,poet), or --default for the built-in team", 2)
+    with admin(_option) as cx:
+        update = TeamUpdate(team=None if default else _members(team))
+        agents = cx.agents
+        with cx.write() as conn:
+            stacks.set_team(conn, stack_id, update.team, cx.now(), agents=agents)
+            out = _stack(cx, conn, stack_id)
+    console.print(Text(f"stack {out.id} {out.name!r}: team {' → '.join(out.team)}"))
 
 
 @app.command("delete")

@@ -23,7 +23,7 @@ from orchestrator.cli_common import (
 )
 from orchestrator.errors import NotFound
 from schema import read
-from schema.models import AttemptOut, StepOut, TickDetail
+from schema.models import INT32_MAX, INT64_MAX, AttemptOut, StepOut, TickDetail
 
 app = typer.Typer(help="Inspect ticks: what each agent did and every LLM attempt.",
                   no_args_is_help=True)
@@ -38,7 +38,8 @@ def provider_label(provider: str) -> str:
 
 @app.command("list")
 def list_cmd(
-    stack_id: Annotated[int, typer.Argument(metavar="STACK_ID", help="The stack's id.")],
+    stack_id: Annotated[int, typer.Argument(metavar="STACK_ID", min=1, max=INT32_MAX,
+                                            help="The stack's id.")],
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000,
                                        help="How many, newest first.")] = 20,
     json_out: JsonOpt = False,
@@ -88,7 +89,7 @@ def _step(step: StepOut) -> Panel:
         parts.append(Text(step.error, style="red"))
     if step.attempts:
         parts.append(_attempts(step.attempts))
-    title = Text.assemble(f"step {step.index}: ", (step.agent, "bold"), " ",
+    title = Text.assemble(f"step {step.index + 1}: ", (step.agent, "bold"), " ",
                           status_text(step.status))
     return Panel(Group(*parts) if parts else Text("—"), title=title, title_align="left")
 
@@ -111,7 +112,8 @@ def render(tick: TickDetail) -> None:
     table = Table("#", "agent", "status", "duration", "attempts", "providers")
     for s in tick.steps:
         providers = ", ".join(dict.fromkeys(provider_label(a.provider) for a in s.attempts))
-        table.add_row(str(s.index), Text(s.agent), status_text(s.status), fmt_ms(s.duration_ms),
+        table.add_row(str(s.index + 1), Text(s.agent), status_text(s.status),
+                      fmt_ms(s.duration_ms),
                       str(len(s.attempts)), providers or "—")
     console.print(table)
     for s in tick.steps:
@@ -121,7 +123,8 @@ def render(tick: TickDetail) -> None:
 @app.command("show")
 def show_cmd(
     tick_id: Annotated[int, typer.Argument(
-        metavar="TICK_ID", help="The tick's id (see `tickwork ticks list`).")],
+        metavar="TICK_ID", min=1, max=INT64_MAX,
+        help="The tick's id (see `tickwork ticks list`).")],
     json_out: JsonOpt = False,
 ) -> None:
     """A tick: its steps with agent, status and duration, each step's output, and every LLM

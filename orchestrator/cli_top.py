@@ -112,7 +112,7 @@ def top(
     """A live view of stacks, throughput, lateness and provider health (read-only)."""
     settings = load_settings()
     where = mask_url(settings.database_url)
-    with open_database(settings, migrate=False) as db:
+    with open_database(settings) as db:
         if once:
             console.print(_read(db, settings.tick_interval, limit, where))
             return

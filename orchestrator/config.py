@@ -2,50 +2,64 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import orjson
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.llm.chain import parse_spec
 from agents.llm.latency import Latency
+from agents.llm.pricing import PriceLike, PriceTable
+
+_AGENT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+PRICES_EXAMPLE = '{"gpt-4o-mini": [0.15, 0.6]}'
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="TICKWORK_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="TICKWORK_", env_file=".env", extra="ignore", frozen=True,
+        allow_inf_nan=False,
     )
 
     database_url: str = "sqlite:///tickwork.db"
     redis_url: str | None = None
     tick_interval: int = Field(default=10, ge=1, le=86_400, description="the beat, seconds")
-    lease_s: float = Field(default=30.0, gt=0, description="a claimed tick's lease")
-    max_concurrent_ticks: int = Field(default=1000, ge=1)
-    tick_timeout_s: float = Field(default=300.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1, description="tries per tick before it fails")
+    lease_s: float = Field(default=30.0, gt=0, le=3600, description="a claimed tick's lease")
+    max_concurrent_ticks: int = Field(default=1000, ge=1, le=100_000)
+    tick_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+    max_attempts: int = Field(default=3, ge=1, le=100,
+                              description="tries per tick before it fails")
     sim_latency_ms: str = "150,400"
     sim_seed: int = 0
     admin_token: SecretStr | None = None
     agents: str = Field(default="", description="extra agents: 'pkg.module:Class,...'")
-    poll_s: float = Field(default=1.0, gt=0, description="queue/outbox poll without wake-ups")
-    reap_every_s: float = Field(default=5.0, gt=0)
-    claim_batch: int = Field(default=1000, ge=1)
+    poll_s: float = Field(default=1.0, gt=0, le=3600,
+                          description="queue/outbox poll without wake-ups")
+    reap_every_s: float = Field(default=5.0, gt=0, le=3600)
+    claim_batch: int = Field(default=1000, ge=1, le=100_000)
     group_commit_ms: float = Field(default=20.0, ge=0, le=1000,
                                    description="SQLite: how long a journaled step waits to "
                                    "share its transaction with others")
-    catchup_slots: int = Field(default=6, ge=0, description="missed beat slots fanned out late")
+    catchup_slots: int = Field(default=6, ge=0, le=1000,
+                               description="missed beat slots fanned out late")
 
     # The LLM chain (providers without an API key are left out; none at all: simulated).
     llm_chain: str = "groq:llama-3.3-70b-versatile,openai:gpt-4o-mini"
-    llm_timeout_s: float = Field(default=30.0, gt=0, description="one attempt's timeout")
-    llm_max_attempts: int = Field(default=3, ge=1, description="attempts per provider")
-    llm_backoff_base_s: float = Field(default=0.5, ge=0)
-    llm_backoff_cap_s: float = Field(default=8.0, ge=0)
-    llm_max_wait_s: float = Field(default=10.0, ge=0,
+    llm_timeout_s: float = Field(default=30.0, gt=0, le=3600,
+                                 description="one attempt's timeout")
+    llm_max_attempts: int = Field(default=3, ge=1, le=100, description="attempts per provider")
+    llm_backoff_base_s: float = Field(default=0.5, ge=0, le=3600)
+    llm_backoff_cap_s: float = Field(default=8.0, ge=0, le=3600)
+    llm_max_wait_s: float = Field(default=10.0, ge=0, le=3600,
                                   description="longest retry-after honoured before falling back")
-    breaker_threshold: int = Field(default=5, ge=1)
-    breaker_cooldown_s: float = Field(default=30.0, gt=0)
-    groq_rpm: int | None = Field(default=30, ge=1)
-    groq_tpm: int | None = Field(default=12_000, ge=1)
-    openai_rpm: int | None = Field(default=None, ge=1)
-    openai_tpm: int | None = Field(default=None, ge=1)
+    breaker_threshold: int = Field(default=5, ge=1, le=100_000)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=86_400)
+    groq_rpm: int | None = Field(default=30, ge=1, le=10**9)
+    groq_tpm: int | None = Field(default=12_000, ge=1, le=10**12)
+    openai_rpm: int | None = Field(default=None, ge=1, le=10**9)
+    openai_tpm: int | None = Field(default=None, ge=1, le=10**12)
     llm_prices: str = Field(default="", description='JSON: {"model": [usd_in, usd_out]} per 1M')
 
     @field_validator("sim_latency_ms")
@@ -54,6 +68,31 @@ class Settings(BaseSettings):
         Latency.parse(v)
         return v
 
+    @field_validator("llm_chain")
+    @classmethod
+    def _chain(cls, v: str) -> str:
+        parse_spec(v)
+        return v
+
+    @field_validator("llm_prices")
+    @classmethod
+    def _prices(cls, v: str) -> str:
+        parse_prices(v)
+        return v
+
+    @field_validator("agents")
+    @classmethod
+    def _agents(cls, v: str) -> str:
+        for path in (p.strip() for p in v.split(",")):
+            if path and not _AGENT_PATH.match(path):
+                raise ValueError(f"{path!r} is not an import path: write package.module:Class "
+                                 "(several separated by commas)")
+        return v
+
+    @property
+    def prices(self) -> dict[str, PriceLike] | None:
+        return parse_prices(self.llm_prices)
+
     @property
     def sim_latency(self) -> Latency:
         return Latency.parse(self.sim_latency_ms)
@@ -61,6 +100,31 @@ class Settings(BaseSettings):
     @property
     def agent_paths(self) -> list[str]:
         return [p.strip() for p in self.agents.split(",") if p.strip()]
+
+
+def parse_prices(text: str) -> dict[str, PriceLike] | None:
+    """TICKWORK_LLM_PRICES: a JSON object of model → [input, output] US dollars per million
+    tokens (None when empty). Raises ValueError saying what is wrong."""
+    if not text.strip():
+        return None
+    try:
+        value: Any = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc}); write e.g. {PRICES_EXAMPLE}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a JSON object of model: [input, output] US dollars per "
+                         f"million tokens, e.g. {PRICES_EXAMPLE}")
+    for model, price in value.items():
+        if (not isinstance(price, list) or len(price) != 2
+                or not all(isinstance(x, int | float) and not isinstance(x, bool)
+                           for x in price)):
+            raise ValueError(f"the price of {model!r} must be [input, output] US dollars per "
+                             f"million tokens, e.g. {PRICES_EXAMPLE}")
+    try:
+        PriceTable(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, e.g. {PRICES_EXAMPLE}") from None
+    return value
 
 
 class ProviderEnv(BaseSettings):

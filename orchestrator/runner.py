@@ -75,7 +75,7 @@ class TickRunner:
         self._stats.step_finished(result.attempts)
         final: tuple[str, str | None] | None = None
         if result.status == "failed":
-            final = ("failed", f"step {index} ({agent.name}) failed: {result.error}")
+            final = ("failed", f"step {index + 1} ({agent.name}) failed: {result.error}")
         elif index == last:
             final = ("succeeded", None)
         held = await self._db.transact_grouped(

@@ -12,10 +12,9 @@ import contextlib
 import gc
 import logging
 import secrets
+import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-
-import orjson
 
 from agents.llm.base import LLM
 from agents.llm.chain import Chain, ChainOptions, build_chain
@@ -24,6 +23,7 @@ from agents.registry import AgentRegistry
 from orchestrator.beat import Beat, BeatScheduler
 from orchestrator.bus import InProcessBus
 from orchestrator.config import ProviderEnv, Settings
+from orchestrator.fleet import Membership
 from orchestrator.reaper import Reaper
 from orchestrator.runner import TickRunner
 from orchestrator.stats import Stats
@@ -36,11 +36,7 @@ log = logging.getLogger("tickwork")
 
 
 def chain_options(settings: Settings) -> ChainOptions:
-    try:
-        prices = orjson.loads(settings.llm_prices) if settings.llm_prices.strip() else None
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"TICKWORK_LLM_PRICES is not JSON ({exc}); write e.g. "
-                         '{"gpt-4o-mini": [0.15, 0.6]}') from None
+    prices = settings.prices
     return ChainOptions(
         attempt_timeout_s=settings.llm_timeout_s, max_attempts=settings.llm_max_attempts,
         backoff_base_s=settings.llm_backoff_base_s, backoff_cap_s=settings.llm_backoff_cap_s,
@@ -74,6 +70,8 @@ class Runtime:
     beat: Beat
     admin_token: str
     stats: Stats = field(default_factory=Stats)
+    process_id: str = ""
+    membership: Membership | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _scheduler: BeatScheduler | None = None
 
@@ -95,17 +93,18 @@ class Runtime:
             chain = build_llm(settings, clock, env)
             llm = chain.llm
         stats = Stats()
+        process_id = f"p-{uuid.uuid4().hex[:12]}"
         runner = TickRunner(db, registry, llm, clock, settings.lease_s, stats)
         worker = Worker(db, runner, bus, clock, WorkerConfig(
             max_concurrent=settings.max_concurrent_ticks, lease_s=settings.lease_s,
             tick_timeout_s=settings.tick_timeout_s, poll_s=settings.poll_s,
-            claim_batch=settings.claim_batch), stats=stats)
+            claim_batch=settings.claim_batch), worker_id=process_id, stats=stats)
         reaper = Reaper(db, clock, settings.max_attempts, settings.reap_every_s)
         beat = Beat(db, clock, settings.tick_interval, settings.catchup_slots)
         token = (settings.admin_token.get_secret_value() if settings.admin_token
                  else secrets.token_urlsafe(24))
         return cls(settings, clock, db, bus, registry, llm, chain, runner, worker, reaper, beat,
-                   token, stats)
+                   token, stats, process_id)
 
     @property
     def llm_label(self) -> str:
@@ -116,17 +115,39 @@ class Runtime:
 
     @property
     def llm_notes(self) -> list[str]:
-        return list(self.chain.notes) if self.chain is not None else []
+        if self.chain is None:
+            return []
+        loopback = self.chain.loopback_note
+        return [*self.chain.notes, *([loopback] if loopback else [])]
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
         self._tasks[-1].set_name(name)
 
+    @staticmethod
+    def role_of(beat: bool, worker: bool) -> str:
+        if beat and worker:
+            return "up"
+        return "beat" if beat else "worker" if worker else "dashboard"
+
     async def start(self, *, beat: bool = True, worker: bool = True,
-                    scheduler: bool = True) -> None:
-        """Start the parts of this process. With `scheduler=False` the beat is not put on
-        APScheduler: the caller fires `self.beat.fire()` itself (tests, benchmarks)."""
+                    scheduler: bool = True, role: str | None = None) -> None:
+        """Start the parts of this process, and register it in the fleet. With
+        `scheduler=False` the beat is not put on APScheduler: the caller fires
+        `self.beat.fire()` itself (tests, benchmarks)."""
         self.bus.bind(asyncio.get_running_loop())
+        info: dict[str, object] = {}
+        if beat:
+            await self.beat.record_interval()
+            info["beat_interval"] = self.beat.interval
+        if worker:
+            info.update(concurrency=self.settings.max_concurrent_ticks, llm=self.llm_label)
+        self.membership = Membership(
+            self.db, self.clock, self.process_id, role or self.role_of(beat, worker),
+            self.settings.lease_s, agents=self.registry.names() if worker else None,
+            info=info, counts=lambda: (self.worker.running, self.worker.finished))
+        await self.membership.start()
+        self._spawn(self.membership.run(), "fleet")
         # Everything built so far (modules, tables, compiled statements, clients) lives as
         # long as the process: move it out of the collector's sight. Without this, each full
         # collection walks it all, stopping every tick meanwhile (at 1,000 stacks, for about
@@ -153,6 +174,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.membership is not None:
+            await self.membership.stop()
         await self.bus.close()
         if self.chain is not None:
             await self.chain.aclose()

@@ -7,13 +7,15 @@ at once, so a new or resumed stack does not wait for the next beat.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from orchestrator import fleet
 from orchestrator.errors import Conflict, Invalid, NotFound
 from orchestrator.outbox import emit_many
 from orchestrator.queue import REASON_PAUSED, cancel_queued, enqueue
@@ -21,17 +23,54 @@ from orchestrator.usage import over_budget
 from schema import tables as t
 from schema.events import STACK_UPDATED
 from schema.models import BudgetUpdate, StackCreate
+from schema.read import beat_interval as recorded_beat
 from schema.read import stack_patch
 
 REASON_DELETED = "stack deleted before the tick started"
 
 
-def _live(conn: Connection, stack_id: int) -> dict[str, Any]:
-    row = conn.execute(select(t.stacks).where(t.stacks.c.id == stack_id,
-                                              t.stacks.c.deleted_at.is_(None))).mappings().first()
+def _live(conn: Connection, stack_id: int, *, lock: bool = False) -> dict[str, Any]:
+    q = select(t.stacks).where(t.stacks.c.id == stack_id, t.stacks.c.deleted_at.is_(None))
+    row = conn.execute(q.with_for_update() if lock else q).mappings().first()
     if row is None:
         raise NotFound(f"no stack with id {stack_id}")
     return dict(row)
+
+
+def _locked(conn: Connection, stack_id: int) -> dict[str, Any]:
+    """The live stack, its row locked first (the lock order: the stack, then its ticks, then
+    everything else), so a decision made on its state holds until commit."""
+    return _live(conn, stack_id, lock=True)
+
+
+def _lock_ids(conn: Connection, where: Any) -> list[int]:
+    """Lock the live stacks matching `where`, in id order; their ids."""
+    return list(conn.execute(select(t.stacks.c.id)
+                             .where(where, t.stacks.c.deleted_at.is_(None))
+                             .order_by(t.stacks.c.id).with_for_update()).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class Agents:
+    """What a team is checked against: the agents every running worker can run (the fleet in
+    the database says), or, while no worker runs, `local`: the agents this process knows."""
+
+    local: Collection[str]
+    lease_s: float = 30.0
+
+    def check(self, conn: Connection, team: Sequence[str] | None, now: float) -> None:
+        if not team:
+            return
+        running = fleet.known_agents(conn, now, self.lease_s)
+        known = running if running is not None else set(self.local)
+        missing = list(dict.fromkeys(n for n in team if n not in known))
+        if not missing:
+            return
+        names = ", ".join(sorted(known)) or "none"
+        where = ("the running workers know" if running is not None else "known")
+        raise Invalid(f"unknown agent(s) {', '.join(missing)} ({where}: {names}); add an agent "
+                      "with TICKWORK_AGENTS=package.module:Class or a tickwork.agents entry "
+                      "point, for the workers as well")
 
 
 def _start_tick(conn: Connection, stack_id: int, now: float) -> None:
@@ -41,16 +80,22 @@ def _start_tick(conn: Connection, stack_id: int, now: float) -> None:
     enqueue(conn, stack_id, None, "start", now, now)
 
 
+def check_interval(interval_s: int | None, beat: int) -> None:
+    """A stack's own interval must be a whole number of beats."""
+    if interval_s is None or interval_s % beat == 0:
+        return
+    lower = interval_s // beat * beat
+    near = " or ".join(f"{n} s" for n in (lower, lower + beat) if n >= beat)
+    raise Invalid(f"a stack's interval must be a multiple of the beat interval, which is "
+                  f"{beat} s: {interval_s} s is not ({near} would be)")
+
+
 def create(conn: Connection, spec: StackCreate, *, beat_interval: int, now: float,
-           check_team: Callable[[Iterable[str]], None]) -> dict[str, Any]:
-    if spec.interval_s is not None and spec.interval_s % beat_interval:
-        raise Invalid(f"interval_s must be a multiple of the beat interval ({beat_interval} s), "
-                      f"got {spec.interval_s}")
-    if spec.team is not None:
-        try:
-            check_team(spec.team)
-        except ValueError as exc:
-            raise Invalid(str(exc)) from None
+           agents: Agents) -> dict[str, Any]:
+    """Create a stack. `beat_interval`: the configured beat, used when no beat has recorded
+    the one the system runs at."""
+    check_interval(spec.interval_s, recorded_beat(conn, beat_interval))
+    agents.check(conn, spec.team, now)
     if conn.execute(select(t.stacks.c.id).where(t.stacks.c.name == spec.name,
                                                 t.stacks.c.deleted_at.is_(None))).first():
         raise Conflict(f"a stack named {spec.name!r} already exists")
@@ -93,12 +138,37 @@ def _set_state(conn: Connection, ids: list[int], state: str, reason: str | None,
     return rows
 
 
-def pause(conn: Connection, stack_id: int, reason: str | None, now: float) -> dict[str, Any]:
-    row = _live(conn, stack_id)
-    if row["execution_state"] in ("completed", "failed"):
-        raise Conflict(f"stack {stack_id} is {row['execution_state']}; play it to restart it")
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a play or pause did: the stack as it now is, whether anything changed, and a
+    sentence saying so (the CLI prints it; the API returns it beside the stack)."""
+
+    row: dict[str, Any]
+    changed: bool
+    message: str
+
+
+def _named(row: dict[str, Any]) -> str:
+    return f"stack {row['id']} {row['name']!r}"
+
+
+def pause(conn: Connection, stack_id: int, reason: str | None, now: float) -> Outcome:
+    """Pause a stack. An already paused stack keeps its reason unless `reason` is given."""
+    row = _locked(conn, stack_id)
+    state = row["execution_state"]
+    if state in ("completed", "failed"):
+        raise Conflict(f"stack {stack_id} is {state}; play it to restart it")
+    if state == "paused":
+        if reason is None or reason == row["pause_reason"]:
+            return Outcome(row, False, f"{_named(row)} was already paused "
+                                       f"({row['pause_reason'] or 'no reason given'}); "
+                                       "nothing changed")
+        _set_state(conn, [stack_id], "paused", reason, now)
+        return Outcome(_live(conn, stack_id), True,
+                       f"{_named(row)} was already paused; its reason is now {reason!r}")
     pause_many(conn, [stack_id], reason, now)
-    return _live(conn, stack_id)
+    row = _live(conn, stack_id)
+    return Outcome(row, True, f"{_named(row)} paused ({row['pause_reason']})")
 
 
 def pause_many(conn: Connection, ids: list[int], reason: str | None, now: float) -> int:
@@ -107,26 +177,32 @@ def pause_many(conn: Connection, ids: list[int], reason: str | None, now: float)
 
 
 def pause_all(conn: Connection, reason: str | None, now: float) -> int:
-    ids = list(conn.execute(select(t.stacks.c.id).where(
-        t.stacks.c.execution_state == "running", t.stacks.c.deleted_at.is_(None))).scalars())
+    ids = _lock_ids(conn, t.stacks.c.execution_state == "running")
     return pause_many(conn, ids, reason, now)
 
 
-def play(conn: Connection, stack_id: int, *, now: float) -> dict[str, Any]:
+def _check_playable(conn: Connection, row: dict[str, Any], now: float, agents: Agents) -> None:
+    if over_budget(conn, [row["id"]], now):
+        raise Conflict(f"stack {row['id']} has spent its daily budget; raise the budget or "
+                       "wait for the next UTC day")
+    agents.check(conn, orjson.loads(row["team"]) if row["team"] else None, now)
+
+
+def play(conn: Connection, stack_id: int, *, now: float, agents: Agents) -> Outcome:
+    """Set a stack running and queue its tick at once; a running stack stays as it is."""
+    row = _locked(conn, stack_id)
+    if row["execution_state"] == "running":
+        return Outcome(row, False, f"{_named(row)} was already running; nothing changed")
+    _check_playable(conn, row, now, agents)
+    _set_state(conn, [stack_id], "running", None, now)
+    _start_tick(conn, stack_id, now)
     row = _live(conn, stack_id)
-    if row["execution_state"] != "running":
-        if over_budget(conn, [stack_id], now):
-            raise Conflict(f"stack {stack_id} has spent its daily budget; raise the budget or "
-                           "wait for the next UTC day")
-        _set_state(conn, [stack_id], "running", None, now)
-        _start_tick(conn, stack_id, now)
-    return _live(conn, stack_id)
+    return Outcome(row, True, f"{_named(row)} is running; its next tick is queued")
 
 
 def play_all(conn: Connection, *, now: float) -> int:
     """Play every stack that is not running, except those that have spent today's budget."""
-    ids = list(conn.execute(select(t.stacks.c.id).where(
-        t.stacks.c.execution_state != "running", t.stacks.c.deleted_at.is_(None))).scalars())
+    ids = _lock_ids(conn, t.stacks.c.execution_state != "running")
     spent = over_budget(conn, ids, now)
     ids = [i for i in ids if i not in spent]
     for row in _set_state(conn, ids, "running", None, now):
@@ -137,7 +213,7 @@ def play_all(conn: Connection, *, now: float) -> int:
 def set_budget(conn: Connection, stack_id: int, budget: BudgetUpdate, now: float
                ) -> dict[str, Any]:
     """Set (or with None, remove) a stack's daily limits; takes effect at its next step."""
-    _live(conn, stack_id)
+    _locked(conn, stack_id)
     rows = conn.execute(update(t.stacks).where(t.stacks.c.id == stack_id).values(
         budget_tokens_per_day=budget.tokens_per_day, budget_usd_per_day=budget.usd_per_day,
         updated_at=now).returning(*t.stacks.c)).mappings().all()
@@ -145,8 +221,20 @@ def set_budget(conn: Connection, stack_id: int, budget: BudgetUpdate, now: float
     return _live(conn, stack_id)
 
 
+def set_team(conn: Connection, stack_id: int, team: list[str] | None, now: float, *,
+             agents: Agents) -> dict[str, Any]:
+    """Give a stack another team (None: the default one); its next tick runs it."""
+    _locked(conn, stack_id)
+    agents.check(conn, team, now)
+    rows = conn.execute(update(t.stacks).where(t.stacks.c.id == stack_id).values(
+        team=orjson.dumps(team).decode() if team else None, updated_at=now,
+    ).returning(*t.stacks.c)).mappings().all()
+    emit_many(conn, now, [(STACK_UPDATED, stack_id, None, stack_patch(rows[0]))])
+    return dict(rows[0])
+
+
 def delete(conn: Connection, stack_id: int, now: float) -> None:
-    _live(conn, stack_id)
+    _locked(conn, stack_id)
     _set_state(conn, [stack_id], "paused", "deleted", now, cancel=REASON_DELETED,
                deleted_at=now)
 
@@ -157,7 +245,7 @@ def fail(conn: Connection, stack_id: int, reason: str, now: float) -> None:
 
 
 def run_now(conn: Connection, stack_id: int, now: float) -> dict[str, Any]:
-    row = _live(conn, stack_id)
+    row = _locked(conn, stack_id)
     if row["execution_state"] != "running":
         raise Conflict(f"stack {stack_id} is {row['execution_state']}; play it first")
     tick = enqueue(conn, stack_id, None, "manual", now, now)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, create_engine, event
@@ -40,6 +41,17 @@ def normalise_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (absolute), or None for another database or memory."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    name = parsed.database
+    if name.startswith("file:"):  # a URI filename: file:path?mode=...
+        name = name[len("file:"):].split("?", 1)[0]
+    return Path(name).resolve()
 
 
 def touch(conn: Connection, *topics: str) -> None:

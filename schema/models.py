@@ -1,4 +1,5 @@
-"""Pydantic models of the API: what comes in (validated) and what goes out (DESIGN.md shapes)."""
+"""Pydantic models of the API: what comes in (validated) and what goes out (the shapes of
+docs/design.md)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ AttemptStatus = Literal[
 ]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# What the database columns hold (an INTEGER column is 32 bits on PostgreSQL, a BIGINT 64):
+# every number the API and CLI accept is bounded by these.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+USD_MAX = 1e9  # a daily budget in US dollars
 AGENT_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,99}$")
 
 
@@ -44,7 +51,9 @@ def ts(value: float | None) -> datetime | None:
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # Strict: `true` is not a number, "3" is not an integer; no infinity or NaN.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True,
+                              allow_inf_nan=False)
 
 
 class StackCreate(_In):
@@ -53,8 +62,8 @@ class StackCreate(_In):
     interval_s: int | None = Field(default=None, ge=1, le=86_400)
     team: list[str] | None = Field(default=None, min_length=1, max_length=20)
     paused: bool = False
-    budget_tokens_per_day: int | None = Field(default=None, ge=1)
-    budget_usd_per_day: float | None = Field(default=None, gt=0)
+    budget_tokens_per_day: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    budget_usd_per_day: float | None = Field(default=None, gt=0, le=USD_MAX)
 
     @field_validator("name")
     @classmethod
@@ -66,19 +75,34 @@ class StackCreate(_In):
     @field_validator("team")
     @classmethod
     def _team(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return v
-        for name in v:
-            if not AGENT_NAME.match(name):
-                raise ValueError(f"{name!r} is not an agent name (lowercase letters, digits, _ -)")
-        return v
+        return check_agent_names(v)
+
+
+def check_agent_names(team: list[str] | None) -> list[str] | None:
+    if team is None:
+        return team
+    for name in team:
+        if not AGENT_NAME.match(name):
+            raise ValueError(f"{name!r} is not an agent name (lowercase letters, digits, _ -)")
+    return team
+
+
+class TeamUpdate(_In):
+    """A stack's agents, in order; null gives it the default team back."""
+
+    team: list[str] | None = Field(min_length=1, max_length=20)
+
+    @field_validator("team")
+    @classmethod
+    def _team(cls, v: list[str] | None) -> list[str] | None:
+        return check_agent_names(v)
 
 
 class BudgetUpdate(_In):
     """A stack's daily budget; null removes that limit."""
 
-    tokens_per_day: int | None = Field(default=None, ge=1)
-    usd_per_day: float | None = Field(default=None, gt=0)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    usd_per_day: float | None = Field(default=None, gt=0, le=USD_MAX)
 
 
 class PauseRequest(_In):
@@ -176,6 +200,14 @@ class StackOut(_Out):
     budget: Budget = Budget()
     usage_today: Usage = Usage()  # this UTC day
     usage_total: Usage = Usage()
+
+
+class StackChange(StackOut):
+    """What a play or pause answers: the stack, whether it changed, and a sentence saying so
+    ("stack 1 'poet' was already running; nothing changed")."""
+
+    changed: bool
+    message: str
 
 
 class MemoryOut(_Out):

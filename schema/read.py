@@ -121,8 +121,25 @@ def _usage(conn: Connection, stack_ids: Sequence[int] | None, day: int | None
                        llm_calls=int(n)) for sid, i, o, c, n in conn.execute(q)}
 
 
-def list_stacks(conn: Connection, beat_interval: int, default_team: Sequence[str],
+BEAT_INTERVAL = "beat_interval"
+_META = Prepared(select(t.meta.c.value).where(t.meta.c.key == bindparam("key")))
+
+
+def beat_interval(conn: Connection, default: int) -> int:
+    """The beat interval the system runs at, as its beat recorded it (`default` when no beat
+    has run yet): every process and command reads this one fact."""
+    row = _META.one(conn, {"key": BEAT_INTERVAL})
+    try:
+        return int(row[0]) if row is not None else default
+    except ValueError:
+        return default
+
+
+def list_stacks(conn: Connection, default_interval: int, default_team: Sequence[str],
                 ids: Sequence[int] | None = None, now: float | None = None) -> list[StackOut]:
+    """The stacks (all, or `ids`); a stack without its own interval shows the beat's
+    (`beat_interval`, with `default_interval` when no beat has recorded one)."""
+    beat = beat_interval(conn, default_interval)
     q = select(t.stacks).where(t.stacks.c.deleted_at.is_(None)).order_by(t.stacks.c.id)
     if ids is not None:
         q = q.where(t.stacks.c.id.in_(ids))
@@ -131,13 +148,13 @@ def list_stacks(conn: Connection, beat_interval: int, default_team: Sequence[str
     counts, last = _counts(conn, wanted), _last_ticks(conn, wanted)
     total = _usage(conn, wanted, None)
     today = _usage(conn, wanted, int(now // 86_400)) if now is not None else {}
-    return [stack_out(r, beat_interval, default_team, counts.get(r["id"]), last.get(r["id"]),
+    return [stack_out(r, beat, default_team, counts.get(r["id"]), last.get(r["id"]),
                       today.get(r["id"]), total.get(r["id"])) for r in rows]
 
 
-def get_stack(conn: Connection, stack_id: int, beat_interval: int,
+def get_stack(conn: Connection, stack_id: int, default_interval: int,
               default_team: Sequence[str], now: float | None = None) -> StackOut | None:
-    found = list_stacks(conn, beat_interval, default_team, ids=[stack_id], now=now)
+    found = list_stacks(conn, default_interval, default_team, ids=[stack_id], now=now)
     return found[0] if found else None
 
 

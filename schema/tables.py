@@ -1,4 +1,4 @@
-"""SQLAlchemy Core tables. The constraints here carry the invariants of DESIGN.md.
+"""SQLAlchemy Core tables. The constraints here carry the invariants of docs/design.md.
 
 Times are float seconds since the epoch (UTC), written from the injected Clock: the same type
 on SQLite and PostgreSQL, cheap to compare, and never read from the database's own clock.
@@ -180,6 +180,36 @@ stack_usage = Table(
     Column("output_tokens", BigInteger, nullable=False, server_default="0"),
     Column("cost_usd", Float, nullable=False, server_default="0"),
     Column("llm_calls", Integer, nullable=False, server_default="0"),
+)
+
+# Facts about the whole system that every process and command reads the same way (the beat
+# interval the beat runs at, for one), by key.
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# The fleet: every running tickwork process (beat, worker, dashboard, or all three in `up`)
+# registers here, heartbeats, and deregisters on exit; a row whose heartbeat is older than the
+# lease belongs to a process that died.
+processes = Table(
+    "processes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("running", Integer, nullable=False, server_default="0"),
+    Column("finished", BigInteger, nullable=False, server_default="0"),
+    Column("agents", Text, nullable=True),  # JSON list of the agents a worker can run
+    Column("info", Text, nullable=True),  # JSON: the beat interval, the LLM chain, ...
+    Index("ix_processes_heartbeat_at", "heartbeat_at"),
 )
 
 # The outbox: every change the dashboard shows adds a row here in the transaction that makes it.

@@ -42,7 +42,7 @@ def new_stack(db: Database, clock: FakeClock, name: str, *, goal: str = "",
     spec = StackCreate(name=name, goal=goal, interval_s=interval_s, team=team, paused=paused)
     with db.write() as conn:
         row = stacks.create(conn, spec, beat_interval=BEAT, now=clock.now(),
-                            check_team=lambda names: None)
+                            agents=stacks.Agents(team or ()))
     return int(row["id"])
 
 

@@ -19,6 +19,7 @@ from agents.llm.sim import SimulatedLLM
 from agents.registry import (
     DEFAULT_TEAM,
     ENTRY_POINT_GROUP,
+    AgentLoadError,
     AgentRegistry,
     UnknownAgent,
     load_object,
@@ -149,7 +150,7 @@ def test_creating_a_stack_with_an_unknown_agent_is_refused(db: Database,
     with pytest.raises(Invalid, match=r"ghost.*known: builder, communicator, planner"), \
             db.write() as conn:
         stacks.create(conn, StackCreate(name="a", team=["planner", "ghost"]), beat_interval=10,
-                      now=clock.now(), check_team=reg.check)
+                      now=clock.now(), agents=stacks.Agents(reg.names()))
     assert count_rows(db, t.stacks) == 0
 
 
@@ -163,16 +164,15 @@ def test_agents_are_added_by_import_path() -> None:
     reg.check(["echo", "planner"])
 
 
-@pytest.mark.parametrize(("path", "error", "match"), [
-    ("tests.test_agents", ValueError, "package.module:Class"),
-    (":EchoAgent", ValueError, "package.module:Class"),
-    ("tests.test_agents:NoSuchThing", AttributeError, "NoSuchThing"),
-    ("tests.no_such_module:X", ModuleNotFoundError, "no_such_module"),
-    ("tests.test_agents:DEFAULT_TEAM", TypeError, "not a class or factory"),
+@pytest.mark.parametrize(("path", "match"), [
+    ("tests.test_agents", "package.module:Class"),
+    (":EchoAgent", "package.module:Class"),
+    ("tests.test_agents:NoSuchThing", "has no 'NoSuchThing'"),
+    ("tests.no_such_module:X", "cannot import 'tests.no_such_module'.*current directory"),
+    ("tests.test_agents:DEFAULT_TEAM", "not a class or factory"),
 ])
-def test_a_bad_import_path_says_what_is_wrong(path: str, error: type[Exception],
-                                              match: str) -> None:
-    with pytest.raises(error, match=match):
+def test_a_bad_import_path_says_what_is_wrong(path: str, match: str) -> None:
+    with pytest.raises(AgentLoadError, match=match):
         load_object(path)
 
 
@@ -208,7 +208,7 @@ def test_a_stacks_own_team_is_what_the_runner_runs(db_url: str, clock: FakeClock
             sid = stacks.create(conn, StackCreate(name="custom", goal="be heard",
                                                   team=["echo", "reviewer"]),
                                 beat_interval=10, now=clock.now(),
-                                check_team=rt.registry.check)["id"]
+                                agents=stacks.Agents(rt.registry.names()))["id"]
         asyncio.run(run_queued(rt))
         (tick,) = ticks_of(rt.db, sid)
         assert tick["status"] == "succeeded"

@@ -114,6 +114,9 @@ def test_pause_with_a_reason_shows_and_cancels_the_queued_tick(runtime: Runtime,
         assert paused["last_tick"]["status"] == "cancelled"
         assert paused["counts"]["queued"] == 0
         assert paused["counts"]["cancelled"] == 1
+        assert paused.pop("changed") is True
+        assert paused.pop("message") == (f"stack {stack['id']} 'alpha' paused "
+                                          "(maintenance window)")
         assert (await client.get(f"/api/stacks/{stack['id']}")).json() == paused
 
         clock.advance(10)  # the next slot: a resumed stack gets its tick at once
@@ -247,7 +250,13 @@ BAD_PAYLOADS: list[tuple[str, Any, str, str]] = [
     ("wrong type", {"name": "x", "interval_s": "soon"}, "body.interval_s", "integer"),
     ("bad agent name", {"name": "x", "team": ["Planner!"]}, "body.team", "not an agent name"),
     ("interval off the beat", {"name": "x", "interval_s": 15}, "",
-     "multiple of the beat interval (10 s)"),
+     "multiple of the beat interval, which is 10 s"),
+    ("budget beyond the column", {"name": "x", "budget_tokens_per_day": 9223372036854775808},
+     "body.budget_tokens_per_day", "less than or equal to 2147483647"),
+    ("a boolean is not a number", {"name": "x", "budget_tokens_per_day": True},
+     "body.budget_tokens_per_day", "valid integer"),
+    ("a number in a string", {"name": "x", "interval_s": "20"}, "body.interval_s", "integer"),
+    ("a boolean in a string", {"name": "x", "paused": "yes"}, "body.paused", "boolean"),
     ("unknown agent", {"name": "x", "team": ["planner", "ghost"]}, "", "ghost"),
     ("not an object", [1, 2], "body", "dictionary"),
 ]

@@ -43,7 +43,7 @@ def _create(rt, clock: FakeClock, name: str, **budget: object) -> int:
     spec = StackCreate(name=name, **budget)  # type: ignore[arg-type]
     with rt.db.write() as conn:
         row = stacks.create(conn, spec, beat_interval=10, now=clock.now(),
-                            check_team=rt.registry.check)
+                            agents=stacks.Agents(rt.registry.names()))
     return int(row["id"])
 
 
@@ -98,11 +98,12 @@ def test_reaching_the_token_budget_pauses_the_stack_with_reason_budget(
         assert len(paused) == 1
         # Playing again the same day is refused with a reason; a new day, or more budget, works.
         with pytest.raises(Conflict, match="daily budget"), rt.db.write() as conn:
-            stacks.play(conn, sid, now=clock.now())
+            stacks.play(conn, sid, now=clock.now(), agents=stacks.Agents(()))
         with rt.db.write() as conn:
             assert stacks.play_all(conn, now=clock.now()) == 0
             stacks.set_budget(conn, sid, BudgetUpdate(tokens_per_day=10_000), clock.now())
-            assert stacks.play(conn, sid, now=clock.now())["execution_state"] == "running"
+            outcome = stacks.play(conn, sid, now=clock.now(), agents=stacks.Agents(()))
+            assert outcome.row["execution_state"] == "running"
 
 
 def test_the_usd_budget_counts_too_and_its_pause_cancels_the_queued_tick(
@@ -113,7 +114,7 @@ def test_the_usd_budget_counts_too_and_its_pause_cancels_the_queued_tick(
         assert stack_row(rt.db, sid)["pause_reason"] == "budget"
         clock.set((clock.now() // DAY_S + 1) * DAY_S)  # tomorrow: play works again
         with rt.db.write() as conn:
-            stacks.play(conn, sid, now=clock.now())
+            stacks.play(conn, sid, now=clock.now(), agents=stacks.Agents(()))
         assert ticks_of(rt.db, sid)[-1]["status"] == "queued"
 
 

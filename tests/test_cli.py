@@ -252,16 +252,17 @@ def test_duplicate_name(cli: Cli, db: Database) -> None:
     (["ticks", "list", "42"], "no stack with id 42"),
     (["ticks", "show", "42"], "no tick with id 42"),
 ])
-def test_unknown_id(cli: Cli, args: list[str], message: str) -> None:
+def test_unknown_id(cli: Cli, db: Database, args: list[str], message: str) -> None:
     err = cli(*args, code=1).stderr
     assert f"Error: {message}" in err
 
 
 def test_interval_must_be_a_multiple_of_the_beat(cli: Cli, db: Database) -> None:
     err = cli("stacks", "create", "alpha", "--interval", "15", code=1).stderr
-    assert "multiple of the beat interval (10 s), got 15" in err
+    assert ("a stack's interval must be a multiple of the beat interval, which is 10 s: 15 s "
+            "is not (10 s or 20 s would be)") in err
     assert _stack_count(db) == 0
-    # the beat comes from TICKWORK_TICK_INTERVAL
+    # while no beat has recorded its interval, the beat comes from TICKWORK_TICK_INTERVAL
     cli("stacks", "create", "alpha", "--interval", "15", env={"TICKWORK_TICK_INTERVAL": "5"})
     assert _stack(db, 1)["interval_s"] == 15
 
@@ -275,7 +276,7 @@ def test_unknown_agent(cli: Cli, db: Database) -> None:
 @pytest.mark.parametrize("args, message", [
     (["stacks", "create", "  "], "NAME: String should have at least 1 character"),
     (["stacks", "create", "x", "--team", "Planner"], "--team: 'Planner' is not an agent name"),
-    (["stacks", "create", "x", "--interval", "0"], "--interval: Input should be greater than"),
+    (["stacks", "create", "x", "--budget-usd", "0"], "--budget-usd: Input should be greater than"),
 ])
 def test_invalid_input_names_the_option(cli: Cli, db: Database, args: list[str],
                                         message: str) -> None:

@@ -45,7 +45,8 @@ def test_groq_down_then_back_through_the_engine(db_url: str, clock: FakeClock) -
                 assert not rt.llm.simulated
                 with rt.db.write() as conn:
                     sid = stacks.create(conn, StackCreate(name="tides"), beat_interval=10,
-                                        now=clock.now(), check_team=rt.registry.check)["id"]
+                                        now=clock.now(),
+                                        agents=stacks.Agents(rt.registry.names()))["id"]
                 await run_queued(rt)
                 first = ticks_of(rt.db, sid)[-1]["id"]
                 # Two failures open the breaker; then Groq is skipped without a request.
@@ -91,7 +92,10 @@ def test_one_key_leaves_the_other_provider_out(db_url: str, clock: FakeClock) ->
     rt = Runtime.build(make_settings(db_url), clock, env=env)
     try:
         assert rt.llm_label == "openai:gpt-4o-mini"
-        assert rt.llm_notes == ["groq left out: GROQ_API_KEY is not set"]
+        assert rt.llm_notes == [
+            "groq left out: GROQ_API_KEY is not set",
+            "served on loopback (openai at http://127.0.0.1:9/v1): a local simulator such as "
+            "`tickwork sim-llm`, not the real provider"]
     finally:
         if rt.chain is not None:
             asyncio.run(rt.chain.aclose())

@@ -1,4 +1,4 @@
-"""The six invariants of DESIGN.md's tick lifecycle, each on SQLite and on PostgreSQL.
+"""The six invariants of docs/design.md's tick lifecycle, each on SQLite and on PostgreSQL.
 
 Concurrency tests use two `Database` objects (two processes' worth of connections) and real
 threads; on SQLite the writers serialise, on PostgreSQL they truly overlap. More of the same
@@ -320,8 +320,8 @@ def test_play_resumes_with_a_tick_for_the_current_slot(db: Database, clock: Fake
     assert len(ticks_of(db, sid)) == 1
     clock.advance(3)
     with db.write() as conn:
-        assert stacks.play(conn, sid, now=clock.now())[
-            "execution_state"] == "running"
+        outcome = stacks.play(conn, sid, now=clock.now(), agents=stacks.Agents(()))
+        assert outcome.row["execution_state"] == "running"
     row = ticks_of(db, sid)[-1]
     assert (row["status"], row["trigger"], row["slot"]) == ("queued", "start", None)
     assert asyncio.run(raw_claim(db, clock))[0].id == row["id"]
@@ -333,7 +333,7 @@ def test_play_within_the_paused_slot_resumes_at_once(db: Database, clock: FakeCl
     asyncio.run(beat.fire())
     with db.write() as conn:
         stacks.pause(conn, sid, None, clock.now())
-        stacks.play(conn, sid, now=clock.now())
+        stacks.play(conn, sid, now=clock.now(), agents=stacks.Agents(()))
     # The start tick was still queued when the slot fired (skipped), pause cancelled it, and
     # play queued a new one at once, inside the same slot.
     assert [(r["status"], r["trigger"]) for r in ticks_of(db, sid)] == [

@@ -95,7 +95,7 @@ def test_an_answer_invalid_twice_fails_the_step_and_the_tick(db_url: str,
         asyncio.run(run_queued(rt))
         tick = only_tick(rt, sid)
         assert tick["status"] == "failed"
-        assert tick["reason"].startswith("step 1 (builder) failed: invalid output")
+        assert tick["reason"].startswith("step 2 (builder) failed: invalid output")
         steps = steps_of(rt.db, tick["id"])
         assert [(s["agent"], s["status"]) for s in steps] == [
             ("planner", "succeeded"), ("builder", "failed")]  # the tick stops at the failure
@@ -125,7 +125,7 @@ def test_an_llm_error_fails_the_step_with_every_attempt_recorded(db_url: str,
         asyncio.run(run_queued(rt))
         tick = only_tick(rt, sid)
         assert tick["status"] == "failed"
-        assert tick["reason"] == "step 0 (planner) failed: every provider failed"
+        assert tick["reason"] == "step 1 (planner) failed: every provider failed"
         (step,) = steps_of(rt.db, tick["id"])
         assert (step["status"], step["error"]) == ("failed", "every provider failed")
         rows = attempts_of(rt.db, tick["id"])

@@ -208,7 +208,7 @@ class TickMachine(RuleBasedStateMachine):
             if self.state[sid] == "running":
                 stacks.pause(conn, sid, None, self.clock.now())
             else:
-                stacks.play(conn, sid, now=self.clock.now())
+                stacks.play(conn, sid, now=self.clock.now(), agents=stacks.Agents(()))
         self.the_outbox_tells_the_truth()  # brings self.state up to date
 
     # -- invariants ----------------------------------------------------------------------

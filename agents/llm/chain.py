@@ -24,10 +24,12 @@ set their limits per model.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from agents.llm.adapter import ChatAdapter
 from agents.llm.base import LLM
@@ -98,6 +100,17 @@ KINDS: dict[str, _Kind] = {
 }
 
 
+def on_loopback(url: str) -> bool:
+    """Whether `url` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def parse_spec(spec: str) -> list[tuple[str, str]]:
     """The (provider, model) entries of a spec such as "groq:llama-3.3-70b-versatile,openai:
     gpt-4o-mini", in order. A bare provider name means its default model. Raises ValueError
@@ -133,10 +146,17 @@ class ChainProvider:
     breaker: CircuitBreaker
     limiter: Limiter
     llm: LLM
+    base_url: str = ""
 
     @property
     def label(self) -> str:
         return f"{self.name}:{self.model}"
+
+    @property
+    def on_loopback(self) -> bool:
+        """Its base URL is this machine: a local simulator (such as `tickwork sim-llm`), not
+        the real provider."""
+        return on_loopback(self.base_url)
 
 
 @dataclass
@@ -154,6 +174,16 @@ class Chain:
     @property
     def simulated(self) -> bool:
         return self.llm.simulated
+
+    @property
+    def loopback_note(self) -> str | None:
+        """A sentence saying which providers are served from this machine, if any."""
+        local = [p for p in self.providers if p.on_loopback]
+        if not local:
+            return None
+        where = ", ".join(f"{p.name} at {p.base_url}" for p in local)
+        return (f"served on loopback ({where}): a local simulator such as `tickwork sim-llm`, "
+                "not the real provider")
 
     async def aclose(self) -> None:
         """Close every provider's client (its connection pool)."""
@@ -191,7 +221,7 @@ def build_chain(spec: str, env: Mapping[str, str], clock: Clock, options: ChainO
         breaker = CircuitBreaker(options.breaker_threshold, options.breaker_cooldown_s, clock)
         llm = BreakerLLM(RetryingLLM(RateLimitedLLM(adapter, limiter, clock), policy, clock,
                                      random.Random(rng.random())), breaker, clock)
-        members.append(ChainProvider(name, model, breaker, limiter, llm))
+        members.append(ChainProvider(name, model, breaker, limiter, llm, provider.base_url))
     clients = [p for p in built.values() if p is not None]
     if members:
         composed = FallbackLLM(members[0].llm, *(m.llm for m in members[1:]))

@@ -68,7 +68,8 @@ async function write(method, url, payload) {
     flash((data && data.error) || ("request failed: " + r.status), true);
     return null;
   }
-  flash("", false);
+  // A play or pause that found the stack already so says what it found.
+  flash(data && data.changed === false && data.message ? data.message : "", false);
   return data;
 }
 

@@ -1,0 +1,133 @@
+"""The fleet: every tickwork process registers itself in the database, heartbeats, and
+deregisters on exit.
+
+A row says what the process is (role, host, pid, version, when it started), what it is doing
+(ticks running, ticks finished) and, for a worker, which agents it can run. A process that dies
+without deregistering stops heartbeating; once its heartbeat is older than the lease it is no
+longer counted, and the next heartbeat of any process deletes its row. Because the rows live in
+the database, any process (a dashboard, the CLI) sees the whole fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, delete, insert, select, update
+
+from schema import tables as t
+from schema.clock import Clock
+from schema.db import Database
+
+log = logging.getLogger("tickwork.fleet")
+
+WORKER_ROLES = ("up", "worker")
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("tickwork")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def register(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(delete(t.processes).where(t.processes.c.id == row["id"]))
+    conn.execute(insert(t.processes).values(**row))
+
+
+def heartbeat(conn: Connection, process_id: str, now: float, lease_s: float, running: int,
+              finished: int) -> bool:
+    """Record that the process is alive; drop the rows of processes whose lease ran out.
+    False when this process's row is gone (pruned while it could not heartbeat)."""
+    alive = conn.execute(update(t.processes).where(t.processes.c.id == process_id)
+                         .values(heartbeat_at=now, running=running, finished=finished)
+                         ).rowcount == 1
+    conn.execute(delete(t.processes).where(t.processes.c.heartbeat_at < now - lease_s))
+    return alive
+
+
+def deregister(conn: Connection, process_id: str) -> None:
+    conn.execute(delete(t.processes).where(t.processes.c.id == process_id))
+
+
+def live(conn: Connection, now: float, lease_s: float) -> list[dict[str, Any]]:
+    """The processes whose heartbeat is within the lease, oldest first."""
+    rows = conn.execute(select(t.processes)
+                        .where(t.processes.c.heartbeat_at >= now - lease_s)
+                        .order_by(t.processes.c.started_at, t.processes.c.id)).mappings()
+    out = []
+    for r in rows:
+        item = dict(r)
+        item["agents"] = orjson.loads(r["agents"]) if r["agents"] else None
+        item["info"] = orjson.loads(r["info"]) if r["info"] else {}
+        out.append(item)
+    return out
+
+
+def known_agents(conn: Connection, now: float, lease_s: float) -> set[str] | None:
+    """The agents every live worker can run, or None when no worker is running."""
+    known: set[str] | None = None
+    for p in live(conn, now, lease_s):
+        if p["role"] in WORKER_ROLES and p["agents"] is not None:
+            names = set(p["agents"])
+            known = names if known is None else known & names
+    return known
+
+
+@dataclass
+class Membership:
+    """One process's place in the fleet: registered by `start`, heartbeated by `run`,
+    removed by `stop`. `counts` says (running, finished) ticks at each heartbeat."""
+
+    db: Database
+    clock: Clock
+    process_id: str
+    role: str
+    lease_s: float
+    agents: Iterable[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
+    started_at: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        running, finished = self.counts()
+        now = self.clock.now()
+        return {"id": self.process_id, "role": self.role, "host": socket.gethostname()[:255],
+                "pid": os.getpid(), "version": version(), "started_at": self.started_at or now,
+                "heartbeat_at": now, "running": running, "finished": finished,
+                "agents": (orjson.dumps(sorted(self.agents)).decode()
+                           if self.agents is not None else None),
+                "info": orjson.dumps(self.info).decode()}
+
+    async def start(self) -> None:
+        self.started_at = self.started_at or self.clock.now()
+        await self.db.transact(register, self.row())
+
+    async def heartbeat_once(self) -> None:
+        running, finished = self.counts()
+        alive = await self.db.transact(heartbeat, self.process_id, self.clock.now(),
+                                       self.lease_s, running, finished)
+        if not alive:
+            log.warning("this process's fleet entry had expired; registering again")
+            await self.db.transact(register, self.row())
+
+    async def run(self) -> None:
+        while True:
+            await self.clock.sleep(self.lease_s / 3)
+            try:
+                await self.heartbeat_once()
+            except Exception as exc:
+                log.warning("fleet heartbeat failed (%s); trying again", exc)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.db.transact(deregister, self.process_id))
