@@ -34,6 +34,7 @@ from orchestrator.interfaces import Bus, Subscription
 from schema import read
 from schema.db import Database
 from schema.events import TOPIC_EVENTS
+from schema.models import INT64_MAX
 
 log = logging.getLogger("tickwork.dashboard.events")
 
@@ -248,9 +249,10 @@ def router(db: Database, tailer: EventTailer) -> APIRouter:
                    **responses(422)},
     )
     async def events(
-        after: Annotated[int | None, Query(ge=0, description="resume after this event id")]
-        = None,
-        last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=INT64_MAX,
+                                           description="resume after this event id")] = None,
+        last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0,
+                                                    le=INT64_MAX)] = None,
     ) -> EventStreamResponse:
         """One shared stream of every change: stack.updated, tick.queued, tick.started,
         step.finished, tick.finished. `Last-Event-ID` (sent by browsers on reconnect) takes

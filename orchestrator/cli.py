@@ -65,7 +65,7 @@ def beat(interval: Interval = None) -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", "-c", min=1,
+        "--concurrency", "-c", min=1, max=100_000,
         help="Most ticks run at once (overrides TICKWORK_MAX_CONCURRENT_TICKS).")] = None,
 ) -> None:
     """A worker alone: claims queued ticks and runs them (with the reaper)."""
@@ -98,11 +98,10 @@ def configure_logging(command: str | None) -> None:
     default = "INFO" if command in LONG_RUNNING else "WARNING"
     name = os.environ.get("TICKWORK_LOG_LEVEL", default).strip().upper() or default
     level = logging.getLevelNamesMapping().get(name)
-    logging.basicConfig(
-        level=level if level is not None else default,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    chosen = level if level is not None else logging.getLevelNamesMapping()[default]
+    logging.basicConfig(format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.root.setLevel(chosen)
     if level is None:
         logging.getLogger("tickwork").warning(
             "TICKWORK_LOG_LEVEL=%r is not a log level; using %s", name, default)

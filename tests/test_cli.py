@@ -7,57 +7,23 @@ exactly as a user runs it; the database is then read back to check what changed.
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
 from sqlalchemy import func, select, update
-from typer.testing import CliRunner, Result
 
 from agents.registry import DEFAULT_TEAM
-from orchestrator.cli import app
 from orchestrator.runtime import Runtime
 from schema import read
 from schema import tables as t
 from schema.db import Database
 from schema.migrate import current, head
 from schema.models import StackOut, TickDetail, TickSummary
+from tests.cli_helpers import Cli, clean_env, cli
 from tests.conftest import make_settings, wait_for
 
-KEEP_ENV = {"TICKWORK_TEST_POSTGRES_URL", "TICKWORK_TEST_REDIS_URL", "TICKWORK_TEST_CHROMIUM",
-            "TICKWORK_REQUIRE_SERVICES"}
-
-
-class Cli:
-    def __init__(self) -> None:
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0, env: dict[str, str] | None = None) -> Result:
-        result = self.runner.invoke(app, list(args), env=env)
-        assert "Traceback" not in result.output, result.output
-        assert result.exception is None or isinstance(result.exception, SystemExit), (
-            repr(result.exception))
-        assert result.exit_code == code, (result.exit_code, result.output)
-        return result
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No TICKWORK_* settings from outside, no .env, and a wide terminal (no wrapping)."""
-    monkeypatch.chdir(tmp_path)
-    for key in list(os.environ):
-        if key.startswith("TICKWORK_") and key not in KEEP_ENV:
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("COLUMNS", "250")
-
-
-@pytest.fixture
-def cli(clean_env: None, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.setenv("TICKWORK_DATABASE_URL", db_url)
-    return Cli()
-
+__all__ = ["clean_env", "cli"]  # fixtures
 
 def _stack(db: Database, stack_id: int) -> dict[str, Any]:
     with db.read() as conn:
