@@ -33,7 +33,7 @@ from sqlalchemy.exc import (
 )
 
 from agents.registry import DEFAULT_TEAM, AgentRegistry
-from orchestrator.config import Settings
+from orchestrator.config import ProviderEnv, Settings
 from orchestrator.errors import UserError
 from orchestrator.stacks import Agents
 from schema.clock import SystemClock
@@ -88,22 +88,31 @@ def describe_validation(exc: ValidationError, label: Callable[[str], str] = str)
     return "; ".join(parts)
 
 
+def _setting_errors(exc: ValidationError, prefix: str, given: dict[str, Any]) -> str:
+    parts = []
+    for error in exc.errors():
+        field = str(error.get("loc", ("?",))[0])
+        shown = f"{prefix}{field.upper()}"
+        secret = field in _SECRET_SETTINGS or field.endswith("_key")
+        if not secret and "input" in error and field not in given:
+            shown += f"={error['input']!r}"
+        parts.append(f"{shown}: {_reason(error)}")
+    return "invalid setting " + "; ".join(parts)
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment (and .env), with command-line overrides on top."""
+    """Settings from the environment (and .env), with command-line overrides on top; the
+    providers' variables are checked too. Anything invalid is one line and exit code 1."""
     values = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**values)
+        settings = Settings(**values)
+        ProviderEnv()
     except ValidationError as exc:
-        parts = []
-        for error in exc.errors():
-            field = str(error.get("loc", ("?",))[0])
-            shown = f"{ENV_PREFIX}{field.upper()}"
-            if field not in _SECRET_SETTINGS and "input" in error and field not in values:
-                shown += f"={error['input']!r}"
-            parts.append(f"{shown}: {_reason(error)}")
-        fail("invalid setting " + "; ".join(parts))
+        prefix = ENV_PREFIX if exc.title == "Settings" else ""
+        fail(_setting_errors(exc, prefix, values))
     except SettingsError as exc:
         fail(f"invalid setting: {exc}")
+    return settings
 
 
 def database_message(url: str, exc: BaseException) -> str:

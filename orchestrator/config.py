@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from agents.llm.chain import parse_spec
 from agents.llm.latency import Latency
 from agents.llm.pricing import PriceLike, PriceTable
+from schema.db import normalise_url
 
 _AGENT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 PRICES_EXAMPLE = '{"gpt-4o-mini": [0.15, 0.6]}'
@@ -61,6 +65,28 @@ class Settings(BaseSettings):
     openai_rpm: int | None = Field(default=None, ge=1, le=10**9)
     openai_tpm: int | None = Field(default=None, ge=1, le=10**12)
     llm_prices: str = Field(default="", description='JSON: {"model": [usd_in, usd_out]} per 1M')
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, v: str) -> str:
+        try:
+            backend = make_url(normalise_url(v)).get_backend_name()
+        except ArgumentError:
+            backend = ""
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError("must be sqlite:///PATH (a file, relative to the current "
+                             "directory, or sqlite:////absolute/path) or "
+                             "postgresql://USER@HOST:PORT/DATABASE")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            return None
+        if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be redis://HOST:PORT[/DB], rediss://… or unix:///PATH")
+        return v
 
     @field_validator("sim_latency_ms")
     @classmethod
@@ -136,6 +162,16 @@ class ProviderEnv(BaseSettings):
     groq_base_url: str | None = None
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
+
+    @field_validator("groq_base_url", "openai_base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return v.strip()
 
     def as_env(self) -> dict[str, str]:
         """The set ones, under the SDKs' variable names."""

@@ -83,16 +83,21 @@ def test_the_api_refuses_numbers_its_columns_cannot_hold(runtime: object) -> Non
     ("TICKWORK_LLM_CHAIN", "bogus", "unknown provider 'bogus'"),
     ("TICKWORK_AGENTS", "not a path", "is not an import path"),
     ("TICKWORK_LEASE_S", "inf", "finite number"),
+    ("TICKWORK_DATABASE_URL", "nonsense", "must be sqlite:///PATH"),
+    ("TICKWORK_DATABASE_URL", "mysql://db/x", "or postgresql://"),
+    ("TICKWORK_REDIS_URL", "nonsense", "must be redis://"),
+    ("GROQ_BASE_URL", "api.groq.com", "must be an http:// or https:// URL"),
 ])
-def test_a_bad_setting_is_one_line_and_a_non_zero_exit(procs: Procs, variable: str, value: str,
+def test_a_bad_setting_is_one_line_and_a_non_zero_exit(clean_env: None, tmp_path: Path,
+                                                       variable: str, value: str,
                                                        words: str) -> None:
     for args in (["up", "--port", "0"], ["stacks", "list"]):
-        done = procs.cli(*args, env={variable: value}, code=1)
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1, done.stderr
+        err = Cli()(*args, env={variable: value}, code=1).stderr
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
         assert lines[0].startswith(f"Error: invalid setting {variable}")
         assert words in lines[0]
-    assert not (procs.cwd / "tickwork.db").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- a database made by accident ------------------------------------------------------------
