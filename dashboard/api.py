@@ -24,7 +24,7 @@ def create_app(rt: Runtime, *, event_backlog: int = sse.MAX_PENDING) -> FastAPI:
     auth = Authenticator(rt.admin_token)
     sessions = SessionStore(rt.admin_token, rt.clock)
     auth.checks.append(sessions.check)  # a signed-in page: session cookie + CSRF header
-    tailer = sse.EventTailer(rt.db, rt.bus, rt.settings.poll_s, max_pending=event_backlog)
+    tailer = sse.EventTailer(rt.store, rt.bus, rt.settings.poll_s, max_pending=event_backlog)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -50,5 +50,5 @@ def create_app(rt: Runtime, *, event_backlog: int = sse.MAX_PENDING) -> FastAPI:
     app.include_router(routes_system.router(rt, tailer))
     app.include_router(system.router(rt))
     app.include_router(routes_stacks.router(rt, auth))
-    app.include_router(sse.router(rt.db, tailer))
+    app.include_router(sse.router(rt.store, tailer))
     return app

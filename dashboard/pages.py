@@ -44,7 +44,7 @@ def mount_static(app: FastAPI) -> None:
 
 def router(rt: Runtime, sessions: SessionStore) -> APIRouter:
     pages = APIRouter(include_in_schema=False)
-    db = rt.db
+    db = rt.store
     interval = rt.settings.tick_interval
 
     def csrf_of(request: Request) -> str | None:
@@ -64,7 +64,7 @@ def router(rt: Runtime, sessions: SessionStore) -> APIRouter:
 
     @pages.get("/", response_class=HTMLResponse)
     async def stacks_page(request: Request) -> HTMLResponse:
-        after = await db.query(read.last_event_id)
+        after = await rt.store.last_event_id()
         now = rt.clock.now()
         stacks = await db.query(read.list_stacks, interval, DEFAULT_TEAM, now=now)
         signed_in = csrf_of(request) is not None
@@ -73,7 +73,7 @@ def router(rt: Runtime, sessions: SessionStore) -> APIRouter:
 
     @pages.get("/stacks/{stack_id}", response_class=HTMLResponse)
     async def stack_page(request: Request, stack_id: PageStackId) -> HTMLResponse:
-        after = await db.query(read.last_event_id)
+        after = await rt.store.last_event_id()
         now = rt.clock.now()
         stack = await db.query(read.get_stack, stack_id, interval, DEFAULT_TEAM, now)
         if stack is None:
@@ -89,7 +89,7 @@ def router(rt: Runtime, sessions: SessionStore) -> APIRouter:
 
     @pages.get("/ticks/{tick_id}", response_class=HTMLResponse)
     async def tick_page(request: Request, tick_id: PageTickId) -> HTMLResponse:
-        after = await db.query(read.last_event_id)
+        after = await rt.store.last_event_id()
         tick = await db.query(read.get_tick, tick_id, DEFAULT_TEAM)
         if tick is None:
             return not_found(request, f"no tick with id {tick_id}")

@@ -61,7 +61,7 @@ def _of_stack(conn: Connection, stack_id: int, fn: Callable[..., T], *args: obje
 
 def router(rt: Runtime, auth: Authenticator) -> APIRouter:
     interval = rt.settings.tick_interval
-    db = rt.db
+    db = rt.store
     public = APIRouter(prefix="/api", tags=["stacks"])
     admin = APIRouter(prefix="/api", tags=["stacks"], route_class=auth.route_class(),
                       dependencies=[auth.dependency], responses=responses(401))

@@ -75,7 +75,7 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
         """The database answers (503 with the reason when it does not)."""
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
-                await rt.db.query(_ping)
+                await rt.store.query(_ping)
         except Exception as exc:
             body = NotReady(status="unavailable",
                             error=f"database did not answer: {_reason(exc)}")
@@ -101,7 +101,7 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
     @api.get("/api/system")
     async def system() -> SystemOut:
         """Which model answers (a simulated one says so), the beat, the version, the agents."""
-        interval = await rt.db.query(read.beat_interval, rt.settings.tick_interval)
+        interval = await rt.store.query(read.beat_interval, rt.settings.tick_interval)
         providers = [Endpoint(name=p.name, model=p.model, base_url=p.base_url,
                               on_loopback=p.on_loopback)
                      for p in (rt.chain.providers if rt.chain is not None else [])]

@@ -31,8 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from dashboard.errors import responses
 from orchestrator.interfaces import Bus, Subscription
-from schema import read
-from schema.db import Database
+from orchestrator.store.abc import Store
 from schema.events import TOPIC_EVENTS
 from schema.models import INT64_MAX
 
@@ -85,9 +84,9 @@ class Feed:
 
 
 class EventTailer:
-    def __init__(self, db: Database, bus: Bus, poll_s: float, *, page: int = PAGE,
+    def __init__(self, store: Store, bus: Bus, poll_s: float, *, page: int = PAGE,
                  max_pending: int = MAX_PENDING) -> None:
-        self._db = db
+        self._store = store
         self._bus = bus
         self._poll_s = poll_s
         self._page = page
@@ -114,7 +113,7 @@ class EventTailer:
                 return
             sub = self._bus.subscribe(TOPIC_EVENTS)
             try:
-                self.cursor = await self._db.query(read.last_event_id)
+                self.cursor = await self._store.last_event_id()
             except BaseException:
                 sub.close()
                 raise
@@ -149,7 +148,7 @@ class EventTailer:
             while True:
                 full = False
                 try:
-                    rows = await self._db.query(read.events_after, self.cursor, self._page)
+                    rows = await self._store.events_after(self.cursor, self._page)
                 except Exception as exc:
                     if not failing:
                         log.warning("reading the event outbox failed (%s); retrying every "
@@ -196,7 +195,7 @@ def _encode(rows: Sequence[Row]) -> bytes:
     return b"".join(parts)
 
 
-async def event_stream(tailer: EventTailer, db: Database, after: int | None
+async def event_stream(tailer: EventTailer, store: Store, after: int | None
                        ) -> AsyncGenerator[ServerSentEvent | bytes, None]:
     """The events with id > `after` (or from the current end), then live ones.
 
@@ -205,12 +204,12 @@ async def event_stream(tailer: EventTailer, db: Database, after: int | None
     try:
         await tailer.ensure_started()
         feed = tailer.attach()  # first, so nothing committed from here on is missed
-        end = await db.query(read.last_event_id)
+        end = await store.last_event_id()
         # An id beyond the end came from another database: start from the end.
         cursor = end if after is None else min(after, end)
         yield ServerSentEvent(comment="tickwork events", retry=RETRY_MS)
         while True:  # what the client missed, from the database
-            rows = await db.query(read.events_after, cursor, PAGE)
+            rows = await store.events_after(cursor, PAGE)
             if rows:
                 yield _encode(rows)
                 cursor = rows[-1]["id"]
@@ -238,7 +237,7 @@ class EventStreamResponse(EventSourceResponse):
             log.info("an event-stream client stopped reading; closed its stream")
 
 
-def router(db: Database, tailer: EventTailer) -> APIRouter:
+def router(store: Store, tailer: EventTailer) -> APIRouter:
     api = APIRouter(prefix="/api", tags=["events"])
 
     @api.get(
@@ -259,7 +258,7 @@ def router(db: Database, tailer: EventTailer) -> APIRouter:
         precedence over `after`."""
         start = last_event_id if last_event_id is not None else after
         return EventStreamResponse(
-            event_stream(tailer, db, start), ping=KEEPALIVE_S, send_timeout=SEND_TIMEOUT_S,
+            event_stream(tailer, store, start), ping=KEEPALIVE_S, send_timeout=SEND_TIMEOUT_S,
             ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"),
         )
 

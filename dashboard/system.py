@@ -101,8 +101,8 @@ class SystemHealth(BaseModel):
 
 
 async def health(rt: Runtime) -> SystemHealth:
-    seen = await rt.db.query(activity.recent, rt.clock.now())
-    interval = await rt.db.query(read.beat_interval, rt.settings.tick_interval)
+    seen = await rt.store.query(activity.recent, rt.clock.now())
+    interval = await rt.store.query(read.beat_interval, rt.settings.tick_interval)
     snap = rt.stats.snapshot(rt.clock.monotonic())
     providers = []
     for p in rt.chain.providers if rt.chain is not None else []:

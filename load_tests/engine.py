@@ -36,8 +36,8 @@ from agents.llm.base import LLMRequest
 from load_tests.stats import median, summary
 from load_tests.stream import StreamClient, latencies_ms, serving
 from orchestrator.config import Settings
-from orchestrator.queue import REASON_PREV_RUNNING
 from orchestrator.runtime import Runtime
+from orchestrator.store.queue import REASON_PREV_RUNNING
 from schema import tables as t
 
 

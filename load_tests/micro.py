@@ -27,10 +27,10 @@ from agents.base import Effects
 from agents.llm.base import Attempt
 from agents.team import StepResult
 from orchestrator import journal, queue
+from orchestrator.store.prepared import Prepared
 from schema import tables as t
 from schema.db import Database
 from schema.migrate import upgrade
-from schema.prepared import Prepared
 
 STACKS = 1000
 

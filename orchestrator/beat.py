@@ -16,14 +16,12 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
 
-from orchestrator import queue
 from orchestrator.slots import next_fire, slots_to_fire
+from orchestrator.store.abc import Dialect, Store
+from orchestrator.store.prepared import Prepared
 from schema import tables as t
 from schema.clock import Clock
-from schema.db import Database
-from schema.prepared import Prepared
 from schema.read import BEAT_INTERVAL, beat_interval
 
 log = logging.getLogger("tickwork.beat")
@@ -38,9 +36,9 @@ class Fired:
 
 
 class Beat:
-    def __init__(self, db: Database, clock: Clock, interval: int, catchup: int = 6) -> None:
+    def __init__(self, store: Store, clock: Clock, interval: int, catchup: int = 6) -> None:
         self.interval = interval
-        self._db = db
+        self._store = store
         self._clock = clock
         self._catchup = catchup
         self.last_slot: int | None = None
@@ -49,15 +47,14 @@ class Beat:
     async def record_interval(self) -> None:
         """Record the interval this beat runs at as the system's: every process and command
         reads it from the database (stack intervals are checked against it)."""
-        await self._db.transact(record_interval, self.interval, self._clock.now())
+        await self._store.transact(record_interval, self.interval, self._clock.now())
 
     async def fire(self) -> list[Fired]:
         fired = []
         for slot in slots_to_fire(self.last_slot, self._clock.now(), self.interval,
                                   self._catchup):
             started = self._clock.monotonic()
-            queued, skipped = await self._db.transact(queue.fan_out, slot, self.interval,
-                                                      self._clock.now())
+            queued, skipped = await self._store.fan_out(slot, self.interval, self._clock.now())
             self.last_slot = slot
             fired.append(Fired(slot, queued, skipped,
                                (self._clock.monotonic() - started) * 1000))
@@ -68,8 +65,8 @@ class Beat:
         return fired
 
 
-def _upsert_meta(dialect_name: str) -> Any:
-    stmt = (postgresql if dialect_name == "postgresql" else sqlite).insert(t.meta)
+def _upsert_meta(dialect: Dialect) -> Any:
+    stmt = dialect.insert(t.meta)
     return stmt.on_conflict_do_update(index_elements=["key"], set_={
         "value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at})
 

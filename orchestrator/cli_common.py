@@ -36,6 +36,7 @@ from agents.registry import DEFAULT_TEAM, AgentRegistry
 from orchestrator.config import ProviderEnv, Settings
 from orchestrator.errors import UserError
 from orchestrator.stacks import Agents
+from orchestrator.store import Store, open_store
 from schema.clock import SystemClock
 from schema.db import Database, sqlite_file
 from schema.migrate import SchemaMismatch, require_current, upgrade
@@ -138,10 +139,14 @@ def user_errors(label: Callable[[str], str] = str) -> Iterator[None]:
 
 @dataclass
 class Admin:
-    """The settings and (migrated) database an admin command works on."""
+    """The settings and the database (through its store) an admin command works on."""
 
     settings: Settings
     db: Database
+
+    @property
+    def store(self) -> Store:
+        return open_store(self.db, lease_clock=self.settings.lease_clock)
 
     @property
     def beat_interval(self) -> int:
@@ -168,12 +173,12 @@ class Admin:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.db.write() as conn:
+        with self.store.write() as conn:
             yield conn
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.db.read() as conn:
+        with self.store.read() as conn:
             yield conn
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
@@ -48,6 +48,12 @@ class Settings(BaseSettings):
                                    "share its transaction with others")
     catchup_slots: int = Field(default=6, ge=0, le=1000,
                                description="missed beat slots fanned out late")
+    retention_days: float = Field(default=14, ge=0, le=36_500,
+                                  description="finished ticks older than this are deleted "
+                                  "(0: kept forever)")
+    lease_clock: Literal["database", "process"] = Field(
+        default="database", description="PostgreSQL: measure leases on the database's clock "
+        "(or, for tests on a fake clock, the process's)")
 
     # The LLM chain (providers without an API key are left out; none at all: simulated).
     llm_chain: str = "groq:llama-3.3-70b-versatile,openai:gpt-4o-mini"

@@ -5,7 +5,8 @@ A row says what the process is (role, host, pid, version, when it started), what
 (ticks running, ticks finished) and, for a worker, which agents it can run. A process that dies
 without deregistering stops heartbeating; once its heartbeat is older than the lease it is no
 longer counted, and the next heartbeat of any process deletes its row. Because the rows live in
-the database, any process (a dashboard, the CLI) sees the whole fleet.
+the database, any process (a dashboard, the CLI) sees the whole fleet. Heartbeats are
+measured on the same clock as leases (the database's, on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, delete, insert, select, update
 
+from orchestrator.store.abc import Store
+from orchestrator.store.hooks import dialect_of
 from schema import tables as t
 from schema.clock import Clock
-from schema.db import Database
 
 log = logging.getLogger("tickwork.fleet")
 
@@ -39,19 +41,22 @@ def version() -> str:
         return "0+unknown"
 
 
-def register(conn: Connection, row: dict[str, Any]) -> None:
+def register(conn: Connection, row: dict[str, Any], now: float) -> None:
+    now_ = dialect_of(conn).lease_now()
     conn.execute(delete(t.processes).where(t.processes.c.id == row["id"]))
-    conn.execute(insert(t.processes).values(**row))
+    conn.execute(insert(t.processes).values(**row, heartbeat_at=now_), {"now": now})
 
 
 def heartbeat(conn: Connection, process_id: str, now: float, lease_s: float, running: int,
               finished: int) -> bool:
     """Record that the process is alive; drop the rows of processes whose lease ran out.
     False when this process's row is gone (pruned while it could not heartbeat)."""
-    alive = conn.execute(update(t.processes).where(t.processes.c.id == process_id)
-                         .values(heartbeat_at=now, running=running, finished=finished)
-                         ).rowcount == 1
-    conn.execute(delete(t.processes).where(t.processes.c.heartbeat_at < now - lease_s))
+    now_ = dialect_of(conn).lease_now()
+    p = t.processes.c
+    alive = conn.execute(update(t.processes).where(p.id == process_id)
+                         .values(heartbeat_at=now_, running=running, finished=finished),
+                         {"now": now}).rowcount == 1
+    conn.execute(delete(t.processes).where(p.heartbeat_at < now_ - lease_s), {"now": now})
     return alive
 
 
@@ -61,9 +66,11 @@ def deregister(conn: Connection, process_id: str) -> None:
 
 def live(conn: Connection, now: float, lease_s: float) -> list[dict[str, Any]]:
     """The processes whose heartbeat is within the lease, oldest first."""
+    now_ = dialect_of(conn).lease_now()
     rows = conn.execute(select(t.processes)
-                        .where(t.processes.c.heartbeat_at >= now - lease_s)
-                        .order_by(t.processes.c.started_at, t.processes.c.id)).mappings()
+                        .where(t.processes.c.heartbeat_at >= now_ - lease_s)
+                        .order_by(t.processes.c.started_at, t.processes.c.id),
+                        {"now": now}).mappings()
     out = []
     for r in rows:
         item = dict(r)
@@ -71,6 +78,11 @@ def live(conn: Connection, now: float, lease_s: float) -> list[dict[str, Any]]:
         item["info"] = orjson.loads(r["info"]) if r["info"] else {}
         out.append(item)
     return out
+
+
+def live_workers(conn: Connection, now: float, lease_s: float) -> int:
+    """How many live processes run ticks."""
+    return sum(1 for p in live(conn, now, lease_s) if p["role"] in WORKER_ROLES)
 
 
 def known_agents(conn: Connection, now: float, lease_s: float) -> set[str] | None:
@@ -88,7 +100,7 @@ class Membership:
     """One process's place in the fleet: registered by `start`, heartbeated by `run`,
     removed by `stop`. `counts` says (running, finished) ticks at each heartbeat."""
 
-    db: Database
+    store: Store
     clock: Clock
     process_id: str
     role: str
@@ -97,28 +109,35 @@ class Membership:
     info: dict[str, Any] = field(default_factory=dict)
     counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
     started_at: float = 0.0
+    workers: int = 1  # live workers in the fleet, as of the last heartbeat
 
     def row(self) -> dict[str, Any]:
         running, finished = self.counts()
         now = self.clock.now()
         return {"id": self.process_id, "role": self.role, "host": socket.gethostname()[:255],
                 "pid": os.getpid(), "version": version(), "started_at": self.started_at or now,
-                "heartbeat_at": now, "running": running, "finished": finished,
+                "running": running, "finished": finished,
                 "agents": (orjson.dumps(sorted(self.agents)).decode()
                            if self.agents is not None else None),
                 "info": orjson.dumps(self.info).decode()}
 
     async def start(self) -> None:
         self.started_at = self.started_at or self.clock.now()
-        await self.db.transact(register, self.row())
+        await self.store.transact(register, self.row(), self.clock.now())
+        await self._count_workers()
+
+    async def _count_workers(self) -> None:
+        self.workers = max(1, await self.store.query(live_workers, self.clock.now(),
+                                                     self.lease_s))
 
     async def heartbeat_once(self) -> None:
         running, finished = self.counts()
-        alive = await self.db.transact(heartbeat, self.process_id, self.clock.now(),
-                                       self.lease_s, running, finished)
+        alive = await self.store.transact(heartbeat, self.process_id, self.clock.now(),
+                                          self.lease_s, running, finished)
         if not alive:
             log.warning("this process's fleet entry had expired; registering again")
-            await self.db.transact(register, self.row())
+            await self.store.transact(register, self.row(), self.clock.now())
+        await self._count_workers()
 
     async def run(self) -> None:
         while True:
@@ -130,4 +149,4 @@ class Membership:
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.shield(self.db.transact(deregister, self.process_id))
+            await asyncio.shield(self.store.transact(deregister, self.process_id))

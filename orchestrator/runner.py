@@ -2,55 +2,100 @@
 
 Finished steps of an earlier attempt are replayed from the journal (no model is called for
 them). A failed step fails the tick; the last step finalises it, in the step's transaction.
+Before every LLM call the runner checks that the tick's lease still holds (`LeaseGuard`): a
+tick whose lease has run out spends nothing more.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, select
 
 from agents.base import Agent, TickContext
-from agents.llm.base import LLM
+from agents.llm.base import LLM, LLMRequest, LLMResponse
 from agents.registry import AgentRegistry, UnknownAgent
 from agents.team import run_step
-from orchestrator import journal, queue, stacks
-from orchestrator.queue import Claimed
+from orchestrator import stacks
 from orchestrator.stats import Stats
+from orchestrator.store import queue
+from orchestrator.store.abc import Claimed, Journal, Store
 from schema import tables as t
 from schema.clock import Clock
-from schema.db import Database
 
 log = logging.getLogger("tickwork.runner")
 
 
 class LeaseLost(Exception):
-    """Another attempt owns the tick now; this one stops without writing."""
+    """Another attempt owns the tick now, or this one's lease ran out; it stops without
+    writing."""
+
+
+class TickLease(Protocol):
+    def valid(self) -> bool: ...
+
+    def renew(self, since: float) -> None: ...
+
+
+class _Always:
+    def valid(self) -> bool:
+        return True
+
+    def renew(self, since: float) -> None:
+        return None
+
+
+class LeaseGuard:
+    """The model, for one tick: refuses to call it once the tick's lease has run out."""
+
+    def __init__(self, llm: LLM, lease: TickLease, tick: Claimed) -> None:
+        self._llm = llm
+        self._lease = lease
+        self._tick = tick
+
+    @property
+    def label(self) -> str:
+        return self._llm.label
+
+    @property
+    def simulated(self) -> bool:
+        return self._llm.simulated
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        if not self._lease.valid():
+            raise LeaseLost(f"tick {self._tick.id} attempt {self._tick.attempt}: its lease ran "
+                            "out; stopping before the next LLM call")
+        return await self._llm.complete(request)
 
 
 class TickRunner:
-    def __init__(self, db: Database, registry: AgentRegistry, llm: LLM, clock: Clock,
+    def __init__(self, store: Store, registry: AgentRegistry, llm: LLM, clock: Clock,
                  lease_s: float, stats: Stats | None = None) -> None:
-        self._db = db
+        self._store = store
         self._stats = stats or Stats()
         self._registry = registry
         self._llm = llm
         self._clock = clock
         self._lease_s = lease_s
 
-    async def run(self, tick: Claimed, state: journal.Journal | None = None) -> None:
-        """Run `tick`; `state` is its journal when the claim already read it."""
+    async def run(self, tick: Claimed, state: Journal | None = None,
+                  lease: TickLease | None = None) -> None:
+        """Run `tick`; `state` is its journal when the claim already read it; `lease` says
+        whether it may still go on (always, without one)."""
+        lease = lease or _Always()
         if state is None:
-            state = await self._db.query(journal.load, tick.id, tick.stack_id, tick.attempt)
+            state = await self._store.load(tick)
         try:
             team = self._registry.team(state.team)
         except UnknownAgent as exc:
-            await self._db.transact(self._fail_stack, tick, str(exc), self._clock.now())
+            await self._store.transact(self._fail_stack, tick, str(exc), self._clock.now())
             return
         ctx = TickContext(stack=state.stack, tick_id=tick.id, slot=tick.slot,
                           attempt=tick.attempt, memory=dict(state.memory),
                           recent_messages=state.messages, recent_artifacts=state.artifacts)
+        llm = LeaseGuard(self._llm, lease, tick)
         last = len(team) - 1
         for index, agent in enumerate(team):
             if index in state.done:  # journaled by an earlier attempt: replay, don't call
@@ -58,7 +103,7 @@ class TickRunner:
                 if index == last:
                     await self._finish(tick, "succeeded", None)
                 continue
-            if not await self._step(tick, ctx, index, agent, last):
+            if not await self._step(tick, ctx, index, agent, last, llm, lease):
                 return
         if not team:
             await self._finish(tick, "succeeded", None)
@@ -67,35 +112,34 @@ class TickRunner:
         return agent.output_type.model_validate_json(output)
 
     async def _step(self, tick: Claimed, ctx: TickContext, index: int, agent: Agent,
-                    last: int) -> bool:
+                    last: int, llm: LLM, lease: TickLease) -> bool:
         started = self._clock.now()
         seed = f"{tick.stack_id}:{tick.slot if tick.slot is not None else f't{tick.id}'}:" \
                f"{agent.name}"
-        result = await run_step(agent, ctx, self._llm, seed)
+        result = await run_step(agent, ctx, llm, seed)
         self._stats.step_finished(result.attempts)
         final: tuple[str, str | None] | None = None
         if result.status == "failed":
             final = ("failed", f"step {index + 1} ({agent.name}) failed: {result.error}")
         elif index == last:
             final = ("succeeded", None)
-        held = await self._db.transact_grouped(
-            journal.commit_step, tick_id=tick.id, stack_id=tick.stack_id, attempt=tick.attempt,
-            index=index, result=result, started_at=started, now=self._clock.now(),
-            lease_s=self._lease_s, final=final)
+        since = self._clock.monotonic()
+        held = await self._store.commit_step(tick, index, result, started, self._clock.now(),
+                                             self._lease_s, final)
         if not held:
             raise LeaseLost(f"tick {tick.id} attempt {tick.attempt} lost its lease")
+        lease.renew(since)
         if result.output is not None:
             ctx.outputs[agent.name] = result.output
             ctx.memory.update(result.effects.memory)
         return result.status == "succeeded"
 
     async def _finish(self, tick: Claimed, status: str, reason: str | None) -> None:
-        await self._db.transact_grouped(queue.finalize, tick.id, tick.attempt, status, reason,
-                                self._clock.now())
+        await self._store.finalize(tick, status, reason, self._clock.now())
 
     @staticmethod
     def _fail_stack(conn: Connection, tick: Claimed, reason: str, now: float) -> None:
-        # Row locks before the outbox lock (see orchestrator.outbox): the stack first.
+        # The lock order: the stack's row first, then its tick.
         conn.execute(select(t.stacks.c.id).where(t.stacks.c.id == tick.stack_id)
                      .with_for_update())
         if queue.finalize(conn, tick.id, tick.attempt, "failed", reason, now) is not None:

@@ -25,8 +25,10 @@ from orchestrator.bus import InProcessBus
 from orchestrator.config import ProviderEnv, Settings
 from orchestrator.fleet import Membership
 from orchestrator.reaper import Reaper
+from orchestrator.retention import Retention
 from orchestrator.runner import TickRunner
 from orchestrator.stats import Stats
+from orchestrator.store import Store, open_store
 from orchestrator.worker import Worker, WorkerConfig
 from schema.clock import Clock, SystemClock
 from schema.db import Database
@@ -60,6 +62,7 @@ class Runtime:
     settings: Settings
     clock: Clock
     db: Database
+    store: Store
     bus: InProcessBus
     registry: AgentRegistry
     llm: LLM
@@ -67,11 +70,11 @@ class Runtime:
     runner: TickRunner
     worker: Worker
     reaper: Reaper
+    retention: Retention
     beat: Beat
+    membership: Membership
     admin_token: str
     stats: Stats = field(default_factory=Stats)
-    process_id: str = ""
-    membership: Membership | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _scheduler: BeatScheduler | None = None
 
@@ -85,6 +88,7 @@ class Runtime:
         db = Database(settings.database_url, group_commit_ms=settings.group_commit_ms)
         if migrate:
             upgrade(db)
+        store = open_store(db, lease_clock=settings.lease_clock)
         bus = InProcessBus(clock)
         db.add_commit_listener(bus.publish)
         registry = registry or AgentRegistry.default(settings.agent_paths)
@@ -94,17 +98,24 @@ class Runtime:
             llm = chain.llm
         stats = Stats()
         process_id = f"p-{uuid.uuid4().hex[:12]}"
-        runner = TickRunner(db, registry, llm, clock, settings.lease_s, stats)
-        worker = Worker(db, runner, bus, clock, WorkerConfig(
+        membership = Membership(store, clock, process_id, "dashboard", settings.lease_s)
+        runner = TickRunner(store, registry, llm, clock, settings.lease_s, stats)
+        worker = Worker(store, runner, bus, clock, WorkerConfig(
             max_concurrent=settings.max_concurrent_ticks, lease_s=settings.lease_s,
             tick_timeout_s=settings.tick_timeout_s, poll_s=settings.poll_s,
-            claim_batch=settings.claim_batch), worker_id=process_id, stats=stats)
-        reaper = Reaper(db, clock, settings.max_attempts, settings.reap_every_s)
-        beat = Beat(db, clock, settings.tick_interval, settings.catchup_slots)
+            claim_batch=settings.claim_batch), worker_id=process_id, stats=stats,
+            peers=lambda: membership.workers)
+        reaper = Reaper(store, clock, settings.max_attempts, settings.reap_every_s)
+        retention = Retention(store, clock, settings.retention_days)
+        beat = Beat(store, clock, settings.tick_interval, settings.catchup_slots)
         token = (settings.admin_token.get_secret_value() if settings.admin_token
                  else secrets.token_urlsafe(24))
-        return cls(settings, clock, db, bus, registry, llm, chain, runner, worker, reaper, beat,
-                   token, stats, process_id)
+        return cls(settings, clock, db, store, bus, registry, llm, chain, runner, worker,
+                   reaper, retention, beat, membership, token, stats)
+
+    @property
+    def process_id(self) -> str:
+        return self.membership.process_id
 
     @property
     def llm_label(self) -> str:
@@ -142,12 +153,13 @@ class Runtime:
             info["beat_interval"] = self.beat.interval
         if worker:
             info.update(concurrency=self.settings.max_concurrent_ticks, llm=self.llm_label)
-        self.membership = Membership(
-            self.db, self.clock, self.process_id, role or self.role_of(beat, worker),
-            self.settings.lease_s, agents=self.registry.names() if worker else None,
-            info=info, counts=lambda: (self.worker.running, self.worker.finished))
-        await self.membership.start()
-        self._spawn(self.membership.run(), "fleet")
+        m = self.membership
+        m.role = role or self.role_of(beat, worker)
+        m.agents = self.registry.names() if worker else None
+        m.info = info
+        m.counts = lambda: (self.worker.running, self.worker.finished)
+        await m.start()
+        self._spawn(m.run(), "fleet")
         # Everything built so far (modules, tables, compiled statements, clients) lives as
         # long as the process: move it out of the collector's sight. Without this, each full
         # collection walks it all, stopping every tick meanwhile (at 1,000 stacks, for about
@@ -157,6 +169,7 @@ class Runtime:
         if worker:
             self._spawn(self.worker.run(), "worker")
             self._spawn(self.reaper.run(), "reaper")
+            self._spawn(self.retention.run(), "retention")
         if beat and scheduler:
             self._scheduler = BeatScheduler(self.beat, self.clock)
             self._scheduler.start()
@@ -174,11 +187,10 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self.membership is not None:
-            await self.membership.stop()
+        await self.membership.stop()
         await self.bus.close()
         if self.chain is not None:
             await self.chain.aclose()
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()

@@ -17,16 +17,17 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestrator import fleet
 from orchestrator.errors import Conflict, Invalid, NotFound
-from orchestrator.outbox import emit_many
-from orchestrator.queue import REASON_PAUSED, cancel_queued, enqueue
-from orchestrator.usage import over_budget
+from orchestrator.store.outbox import emit_many
+from orchestrator.store.queue import cancel_queued, enqueue
+from orchestrator.store.reasons import REASON_DELETED, REASON_PAUSED
+from orchestrator.store.usage import over_budget
 from schema import tables as t
 from schema.events import STACK_UPDATED
 from schema.models import BudgetUpdate, StackCreate
 from schema.read import beat_interval as recorded_beat
 from schema.read import stack_patch
 
-REASON_DELETED = "stack deleted before the tick started"
+__all__ = ["REASON_DELETED"]
 
 
 def _live(conn: Connection, stack_id: int, *, lock: bool = False) -> dict[str, Any]:

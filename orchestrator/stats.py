@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from agents.llm.base import Attempt
-from orchestrator.queue import Claimed
+from orchestrator.store.abc import Claimed
 
 # Seconds. Lateness targets are tens of milliseconds; a tick takes seconds (four LLM calls).
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -1,8 +1,16 @@
 """The worker: claims queued ticks under a lease, runs each as its own task, heartbeats.
 
-A global limit (`max_concurrent`) caps the ticks running in this worker. Each tick runs under
-a timeout; a tick that raises, hangs or times out is finalised on its own and touches no other.
-Wake-ups come from the bus (a tick was queued); without one, the queue is polled.
+A global limit (`max_concurrent`) caps the ticks running in this worker, and each claim takes
+at most this worker's fair share of the queue (the live workers of the fleet share it). Each
+tick runs under a timeout; a tick that raises, hangs or times out is finalised on its own and
+touches no other. Wake-ups come from the bus (a tick was queued); without one, the queue is
+polled.
+
+Every running tick holds a `Lease`, renewed by each heartbeat and each step it commits. A tick
+whose lease another worker now holds is stopped at once; one whose lease ran out because
+heartbeats failed (the database was away) stops before its next LLM call, so nothing is spent
+on a tick the reaper may already have handed on. A database that stays away past the retries
+leaves the tick to the reaper: it is retried, never failed for that.
 """
 
 from __future__ import annotations
@@ -11,21 +19,21 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator import journal, queue
 from orchestrator.interfaces import Bus
-from orchestrator.journal import Journal
-from orchestrator.queue import Claimed
 from orchestrator.runner import LeaseLost, TickRunner
 from orchestrator.stats import Stats
+from orchestrator.store.abc import Claimed, Journal, Store
 from schema.clock import Clock, within
-from schema.db import Database
 from schema.events import TOPIC_QUEUE
 
 log = logging.getLogger("tickwork.worker")
+
+Key = tuple[int, int]  # (tick id, attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,28 +45,45 @@ class WorkerConfig:
     claim_batch: int = 1000
 
 
-def _claim_and_load(conn: Connection, worker_id: str, limit: int, now: float, lease_s: float
-                    ) -> tuple[list[Claimed], dict[int, Journal]]:
-    """Claim, and read the claimed ticks' journals in the same transaction (on SQLite, on
-    the writer's connection, whose page cache is warm)."""
-    claimed = queue.claim(conn, worker_id, limit, now, lease_s)
-    return claimed, journal.load_many(conn, claimed)
+class Lease:
+    """How long this worker may go on with a tick, on its own monotonic clock: a lease
+    renewed at `t` lasts until `t + lease_s`, measured from before the write that renewed it,
+    so it never outlives the lease the database holds."""
+
+    def __init__(self, clock: Clock, lease_s: float, since: float) -> None:
+        self._clock = clock
+        self._lease_s = lease_s
+        self.until = since + lease_s
+
+    def renew(self, since: float) -> None:
+        self.until = max(self.until, since + self._lease_s)
+
+    def valid(self) -> bool:
+        return self._clock.monotonic() < self.until
+
+
+@dataclass
+class _Running:
+    tick: Claimed
+    task: asyncio.Task[None]
+    lease: Lease
 
 
 class Worker:
-    def __init__(self, db: Database, runner: TickRunner, bus: Bus, clock: Clock,
+    def __init__(self, store: Store, runner: TickRunner, bus: Bus, clock: Clock,
                  config: WorkerConfig, worker_id: str | None = None,
-                 stats: Stats | None = None) -> None:
+                 stats: Stats | None = None, peers: Callable[[], int] = lambda: 1) -> None:
         self.id = worker_id or f"w-{uuid.uuid4().hex[:12]}"
         self.stats = stats or Stats()
-        self._db = db
+        self._store = store
         self._runner = runner
         self._bus = bus
         self._clock = clock
         self._cfg = config
+        self._peers = peers
         # Keyed by (tick id, attempt): a stale attempt still winding down and the retry this
         # worker claimed after it are two entries, each heartbeated or stopped on its own.
-        self._running: dict[tuple[int, int], tuple[Claimed, asyncio.Task[None]]] = {}
+        self._running: dict[Key, _Running] = {}
         self._capacity_freed = asyncio.Event()
         self._stopping = False
         self.finished = 0
@@ -68,24 +93,27 @@ class Worker:
         return len(self._running)
 
     async def claim_once(self) -> list[Claimed]:
-        """Claim what fits and start it; returns what was claimed."""
+        """Claim what fits (this worker's share) and start it; returns what was claimed."""
         free = self._cfg.max_concurrent - len(self._running)
         if free <= 0 or self._stopping:
             return []
-        claimed, states = await self._db.transact(_claim_and_load, self.id,
-                                                  min(free, self._cfg.claim_batch),
-                                                  self._clock.now(), self._cfg.lease_s)
+        since = self._clock.monotonic()
+        claimed, states = await self._store.claim(self.id, min(free, self._cfg.claim_batch),
+                                                  self._clock.now(), self._cfg.lease_s,
+                                                  max(1, self._peers()))
         for tick in claimed:
-            task = asyncio.create_task(self._run(tick, states.get(tick.id)),
+            lease = Lease(self._clock, self._cfg.lease_s, since)
+            task = asyncio.create_task(self._run(tick, states.get(tick.id), lease),
                                        name=f"tick-{tick.id}")
-            self._running[(tick.id, tick.attempt)] = (tick, task)
+            self._running[(tick.id, tick.attempt)] = _Running(tick, task, lease)
         self.stats.ticks_claimed(claimed, self._clock.now())
         return claimed
 
-    async def _run(self, tick: Claimed, state: Journal | None) -> None:
+    async def _run(self, tick: Claimed, state: Journal | None, lease: Lease) -> None:
         started = self._clock.monotonic()
         try:
-            await within(self._clock, self._cfg.tick_timeout_s, self._runner.run(tick, state))
+            await within(self._clock, self._cfg.tick_timeout_s,
+                         self._runner.run(tick, state, lease))
         except TimeoutError:
             await self._settle(tick, "timed_out", f"ran past its {self._cfg.tick_timeout_s:g} s "
                                "timeout")
@@ -94,6 +122,10 @@ class Worker:
             return
         except asyncio.CancelledError:
             raise
+        except SQLAlchemyError as exc:  # still failing after the retries: the reaper retries it
+            log.warning("tick %s stopped: the database is unavailable (%s); it is retried once "
+                        "its lease expires", tick.id, exc.__class__.__name__)
+            return
         except Exception as exc:  # a runner bug fails this tick only
             log.exception("tick %s crashed", tick.id)
             await self._settle(tick, "failed", f"runner error: {exc!r}")
@@ -114,12 +146,30 @@ class Worker:
         held = list(self._running)
         if not held:
             return
-        kept = await self._db.transact(queue.heartbeat, self.id, held, self._clock.now(),
-                                       self._cfg.lease_s)
+        since = self._clock.monotonic()
+        try:
+            kept = await self._store.heartbeat(self.id, held, self._clock.now(),
+                                               self._cfg.lease_s)
+        except Exception:
+            self._stop_expired()
+            raise
         for key in held:
-            if key not in kept and key in self._running:
+            entry = self._running.get(key)
+            if entry is None:
+                continue
+            if key in kept:
+                entry.lease.renew(since)
+            else:
                 log.warning("tick %s attempt %s is no longer ours; stopping it", *key)
-                self._running[key][1].cancel()
+                entry.task.cancel()
+
+    def _stop_expired(self) -> None:
+        """Heartbeats fail: stop every tick whose lease has run out by now."""
+        for key, entry in list(self._running.items()):
+            if not entry.lease.valid():
+                log.warning("tick %s attempt %s: its lease ran out while heartbeats failed; "
+                            "stopping it", *key)
+                entry.task.cancel()
 
     async def run(self) -> None:
         """Claim and run until `stop()`; heartbeats alongside."""
@@ -133,7 +183,8 @@ class Worker:
                     log.exception("claim failed; retrying")
                     claimed = []
                 if len(claimed) == self._cfg.claim_batch:
-                    continue  # a full batch: there may be more queued
+                    await asyncio.sleep(0)  # a full batch: there may be more queued
+                    continue
                 if len(self._running) >= self._cfg.max_concurrent:
                     self._capacity_freed.clear()
                     await self._capacity_freed.wait()
@@ -150,25 +201,29 @@ class Worker:
             await self._clock.sleep(self._cfg.lease_s / 3)
             try:
                 await self.heartbeat_once()
-            except Exception:
-                log.exception("heartbeat failed")
+            except Exception as exc:
+                log.warning("heartbeat failed (%s); trying again", exc.__class__.__name__)
 
     def stop(self) -> None:
         self._stopping = True
         self._capacity_freed.set()
 
     async def drain(self, grace_s: float) -> None:
-        """Stop claiming; give running ticks `grace_s` to finish, then release their leases so
-        they are retried (their finished steps replay from the journal)."""
+        """Stop claiming; give running ticks `grace_s` to finish, then hand the rest back to
+        the queue without using an attempt: they resume from their journal elsewhere."""
         self.stop()
-        tasks = [task for _, task in self._running.values()]
+        tasks = [entry.task for entry in self._running.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
-        left = list(self._running.values())
+        left = [(key, entry.task) for key, entry in self._running.items()]
         for _, task in left:
             task.cancel()
         if left:
             await asyncio.gather(*(task for _, task in left), return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await self._db.transact(queue.release, self.id, [t.id for t, _ in left],
-                                        self._clock.now())
+            try:
+                n = await self._store.release(self.id, [key for key, _ in left],
+                                              self._clock.now())
+                log.info("released %d running tick(s) to the queue", n)
+            except Exception as exc:
+                log.warning("could not release %d tick(s) (%s); they are retried when their "
+                            "leases expire", len(left), exc.__class__.__name__)

@@ -8,12 +8,20 @@ serialises this process's writes without lock contention.
 
 After a write transaction commits, the topics it touched (``conn.info["topics"]``) are handed
 to the commit listeners: this is how the in-process bus learns of new events and queued ticks.
+
+A transaction that fails for a transient reason — a deadlock or serialization failure, a lost
+connection, SQLite's lock timing out — is run again from the start (`transact`, `query`), a
+few times with backoff; a transaction body can ask `is_retry(conn)` to make itself idempotent
+when an earlier try may have committed before its answer was lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import random
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,9 +29,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import StaticPool
-
-from schema.groupcommit import GroupCommit
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -32,6 +39,30 @@ MMAP_BYTES = 1 << 30
 CACHE_KIB = 64 * 1024
 
 CommitListener = Callable[[frozenset[str]], None]
+log = logging.getLogger("tickwork.db")
+
+RETRIES = 6  # tries of a transaction that keeps failing for a transient reason
+BACKOFF_S = 0.02  # the first wait; it doubles, with full jitter, up to BACKOFF_CAP_S
+BACKOFF_CAP_S = 1.0
+_RETRY_KEY = "tickwork.retry"
+# SQLSTATEs worth another try: serialization failure, deadlock, lock not available, and the
+# server going away (admin shutdown, crash shutdown, cannot connect now).
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that the same transaction, run again, may not meet."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return sqlstate in TRANSIENT_SQLSTATES
+
+
+def is_retry(conn: Connection) -> bool:
+    """Whether this transaction is a retry of one that failed (and may have committed)."""
+    return bool(conn.info.get(_RETRY_KEY))
 
 
 def normalise_url(url: str) -> str:
@@ -76,8 +107,8 @@ class Database:
             self._writer = ThreadPoolExecutor(pool_size, thread_name_prefix="db-write")
         self._reader = ThreadPoolExecutor(min(pool_size, 4), thread_name_prefix="db-read")
         self._writer_conn: Connection | None = None
-        self._writer_tx = self._write_on_writer if self.is_sqlite else self.write
-        self._group = GroupCommit(self._writer_tx, self._writer, group_commit_ms / 1000)
+        self.writer_tx = self._write_on_writer if self.is_sqlite else self.write
+        self.group_commit_s = group_commit_ms / 1000
 
     @property
     def is_sqlite(self) -> bool:
@@ -133,6 +164,7 @@ class Database:
         with self.engine.connect() as conn:
             conn = conn.execution_options(tickwork_write=True)
             conn.info.pop("topics", None)
+            conn.info.pop(_RETRY_KEY, None)
             with conn.begin():
                 yield conn
             topics = conn.info.pop("topics", None)
@@ -147,6 +179,7 @@ class Database:
             conn = self._writer_conn = (self.engine.connect()
                                         .execution_options(tickwork_write=True))
         conn.info.pop("topics", None)
+        conn.info.pop(_RETRY_KEY, None)
         try:
             with conn.begin():
                 yield conn
@@ -169,36 +202,47 @@ class Database:
 
     # -- off the event loop -------------------------------------------------------------
 
+    @property
+    def writer(self) -> ThreadPoolExecutor:
+        """The threads write transactions run on (one on SQLite)."""
+        return self._writer
+
+    def _retrying(self, tx: Callable[[], contextlib.AbstractContextManager[Connection]],
+                  fn: Callable[[Connection], T]) -> T:
+        for n in range(RETRIES):
+            try:
+                with tx() as conn:
+                    conn.info[_RETRY_KEY] = n
+                    return fn(conn)
+            except Exception as exc:
+                if n + 1 >= RETRIES or not is_transient(exc):
+                    raise
+                wait = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_S * 2 ** n))
+                log.info("transaction failed for a transient reason (%s); retrying in "
+                         "%.0f ms", type(getattr(exc, "orig", None) or exc).__name__,
+                         wait * 1000)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def transact_sync(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args,
+                      **kwargs: P.kwargs) -> T:
+        """`fn(conn, ...)` in one write transaction, here, retried when transient."""
+        return self._retrying(self.writer_tx, lambda conn: fn(conn, *args, **kwargs))
+
     async def transact(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args,
                        **kwargs: P.kwargs) -> T:
-        """Run `fn(conn, ...)` in one write transaction on the writer pool."""
+        """Run `fn(conn, ...)` in one write transaction on the writer pool (retried when it
+        fails for a transient reason)."""
         def work() -> T:
-            with self._writer_tx() as conn:
-                return fn(conn, *args, **kwargs)
+            return self._retrying(self.writer_tx, lambda conn: fn(conn, *args, **kwargs))
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, work)
-
-    async def transact_grouped(self, fn: Callable[Concatenate[Connection, P], T],
-                               *args: P.args, **kwargs: P.kwargs) -> T:
-        """`transact`, but on SQLite it may share one transaction with the other grouped
-        writes of the next `group_commit_ms` (group commit: one BEGIN/COMMIT and one thread
-        hand-off for all of them). Each `fn` still sees the effects of those before it, as if run in
-        turn; if one raises, the group rolls back and each runs again in its own transaction,
-        so one failure touches no other. On PostgreSQL, where writers run in parallel, this
-        is `transact`."""
-        if not self.is_sqlite:
-            return await self.transact(fn, *args, **kwargs)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._group.add(lambda conn: fn(conn, *args, **kwargs), future, loop)
-        return await future
 
     async def query(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args,
                     **kwargs: P.kwargs) -> T:
         """Run `fn(conn, ...)` in one read transaction on the reader pool."""
         def work() -> T:
-            with self.read() as conn:
-                return fn(conn, *args, **kwargs)
+            return self._retrying(self.read, lambda conn: fn(conn, *args, **kwargs))
 
         return await asyncio.get_running_loop().run_in_executor(self._reader, work)
 

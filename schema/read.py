@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, func, select
 
 from schema import tables as t
 from schema.models import (
@@ -25,7 +25,6 @@ from schema.models import (
     Usage,
     ts,
 )
-from schema.prepared import Prepared
 
 Row = Mapping[Any, Any]
 
@@ -89,14 +88,30 @@ def stack_out(row: Row, beat_interval: int, default_team: Sequence[str],
     )
 
 
+FINAL_COUNTS = {"succeeded": "ticks_succeeded", "failed": "ticks_failed",
+                "timed_out": "ticks_timed_out", "cancelled": "ticks_cancelled"}
+SKIPPED_COUNTS = ("ticks_skipped_queued", "ticks_skipped_running")
+
+
 def _counts(conn: Connection, stack_ids: Sequence[int] | None) -> dict[int, StackCounts]:
-    q = select(t.ticks.c.stack_id, t.ticks.c.status, func.count()).group_by(
-        t.ticks.c.stack_id, t.ticks.c.status)
+    """Tick counts per stack: the live ones (queued, running) from the ticks, the final ones
+    from the per-day counters (`stack_usage`), which outlive retention and need no scan."""
+    u = t.stack_usage.c
+    sums = [func.sum(getattr(u, c)) for c in (*FINAL_COUNTS.values(), *SKIPPED_COUNTS)]
+    q = select(u.stack_id, *sums).group_by(u.stack_id)
+    live = (select(t.ticks.c.stack_id, t.ticks.c.status, func.count())
+            .where(t.ticks.c.status.in_(t.ACTIVE))
+            .group_by(t.ticks.c.stack_id, t.ticks.c.status))
     if stack_ids is not None:
-        q = q.where(t.ticks.c.stack_id.in_(stack_ids))
+        q = q.where(u.stack_id.in_(stack_ids))
+        live = live.where(t.ticks.c.stack_id.in_(stack_ids))
     out: dict[int, StackCounts] = {}
-    for stack_id, status, n in conn.execute(q):
-        setattr(out.setdefault(stack_id, StackCounts()), status, n)
+    for stack_id, *ns in conn.execute(q):
+        final = dict(zip(FINAL_COUNTS, (int(n or 0) for n in ns), strict=False))
+        skipped = sum(int(n or 0) for n in ns[len(FINAL_COUNTS):])
+        out[stack_id] = StackCounts(**final, skipped=skipped)
+    for stack_id, status, n in conn.execute(live):
+        setattr(out.setdefault(stack_id, StackCounts()), status, int(n))
     return out
 
 
@@ -122,15 +137,15 @@ def _usage(conn: Connection, stack_ids: Sequence[int] | None, day: int | None
 
 
 BEAT_INTERVAL = "beat_interval"
-_META = Prepared(select(t.meta.c.value).where(t.meta.c.key == bindparam("key")))
 
 
 def beat_interval(conn: Connection, default: int) -> int:
     """The beat interval the system runs at, as its beat recorded it (`default` when no beat
     has run yet): every process and command reads this one fact."""
-    row = _META.one(conn, {"key": BEAT_INTERVAL})
+    value = conn.execute(select(t.meta.c.value)
+                         .where(t.meta.c.key == BEAT_INTERVAL)).scalar_one_or_none()
     try:
-        return int(row[0]) if row is not None else default
+        return int(value) if value is not None else default
     except ValueError:
         return default
 
@@ -214,20 +229,6 @@ def artifacts(conn: Connection, stack_id: int, limit: int = 20) -> list[Artifact
     return [ArtifactOut(id=r["id"], tick_id=r["tick_id"], agent=r["agent"], title=r["title"],
                         content=r["content"], created_at=ts(r["created_at"]))
             for r in conn.execute(q).mappings()]
-
-
-_EVENTS_AFTER = Prepared(select(t.events).where(t.events.c.id > bindparam("after"))
-                         .order_by(t.events.c.id).limit(bindparam("lim")))
-
-
-def events_after(conn: Connection, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
-    """Outbox rows after `after_id`, oldest first (the event stream reads this on every
-    commit that wrote events)."""
-    return _EVENTS_AFTER.dicts(conn, {"after": after_id, "lim": limit})
-
-
-def last_event_id(conn: Connection) -> int:
-    return int(conn.execute(select(func.coalesce(func.max(t.events.c.id), 0))).scalar_one())
 
 
 def stack_patch(row: Row) -> dict[str, Any]:

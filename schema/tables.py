@@ -77,6 +77,9 @@ ticks = Table(
     Column("finished_at", Float, nullable=True),
     Column("lease_expires_at", Float, nullable=True),
     Column("worker_id", String(64), nullable=True),
+    # Times a stopping worker handed the tick back: each moved `attempt` on (the fencing
+    # token) without using one of its attempts.
+    Column("released", Integer, nullable=False, server_default="0"),
     # What this tick's LLM attempts cost, summed as each step commits.
     Column("input_tokens", Integer, nullable=False, server_default="0"),
     Column("output_tokens", Integer, nullable=False, server_default="0"),
@@ -171,6 +174,8 @@ artifacts = Table(
 )
 
 # What each stack spent per UTC day (day = floor(t / 86400)): budgets are checked against it.
+# And how many of its ticks reached each final status that day: tick counts are sums over
+# these rows, and they outlive the retention that deletes old ticks.
 stack_usage = Table(
     "stack_usage",
     metadata,
@@ -180,6 +185,12 @@ stack_usage = Table(
     Column("output_tokens", BigInteger, nullable=False, server_default="0"),
     Column("cost_usd", Float, nullable=False, server_default="0"),
     Column("llm_calls", Integer, nullable=False, server_default="0"),
+    Column("ticks_succeeded", Integer, nullable=False, server_default="0"),
+    Column("ticks_failed", Integer, nullable=False, server_default="0"),
+    Column("ticks_timed_out", Integer, nullable=False, server_default="0"),
+    Column("ticks_cancelled", Integer, nullable=False, server_default="0"),
+    Column("ticks_skipped_queued", Integer, nullable=False, server_default="0"),
+    Column("ticks_skipped_running", Integer, nullable=False, server_default="0"),
 )
 
 # Facts about the whole system that every process and command reads the same way (the beat

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 
 from orchestrator.config import Settings
 from orchestrator.runtime import Runtime
+from orchestrator.store import Store, open_store
 from schema.clock import FakeClock
 from schema.db import Database, normalise_url
 from schema.migrate import upgrade
@@ -59,6 +60,11 @@ def db(db_url: str) -> Iterator[Database]:
         database.close()
 
 
+def store_of(db: Database) -> Store:
+    """The store of a test's database, its leases on the fake clock."""
+    return open_store(db, lease_clock="process")
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     # A slot boundary (a multiple of 10 s) plus a little, like a real beat fire.
@@ -69,6 +75,8 @@ def make_settings(db_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "database_url": db_url, "tick_interval": 10, "sim_latency_ms": "0",
         "admin_token": "test-token", "lease_s": 30.0, "poll_s": 0.05,
+        # Leases on the fake clock; the tests of the database's clock say so.
+        "lease_clock": "process",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

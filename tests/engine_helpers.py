@@ -21,9 +21,10 @@ from agents.llm.base import Attempt, LLMRequest, LLMResponse
 from agents.llm.latency import Latency
 from agents.llm.sim import SimulatedLLM
 from agents.registry import AgentRegistry
-from orchestrator import queue, stacks
-from orchestrator.queue import Claimed
+from orchestrator import stacks
 from orchestrator.runtime import Runtime
+from orchestrator.store import queue
+from orchestrator.store.queue import Claimed
 from schema import tables as t
 from schema.clock import FakeClock
 from schema.db import Database

@@ -7,12 +7,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from orchestrator import queue
 from orchestrator.beat import Beat, BeatScheduler
 from orchestrator.slots import slot_of
+from orchestrator.store import queue
 from schema.clock import FakeClock
 from schema.db import Database
-from tests.conftest import wait_for
+from tests.conftest import store_of, wait_for
 from tests.engine_helpers import (
     BEAT,
     events_of,
@@ -36,7 +36,7 @@ def test_a_fire_fans_out_the_current_slot_once(db: Database, clock: FakeClock) -
     new_stack(db, clock, "p", paused=True)
     settle(db, clock)
     clock.advance(BEAT + 0.25)  # a little late, as a real fire is
-    beat = Beat(db, clock, BEAT)
+    beat = Beat(store_of(db), clock, BEAT)
     fired = asyncio.run(beat.fire())
     slot = slot_of(clock.now(), BEAT)
     assert [(f.slot, f.queued, f.skipped) for f in fired] == [(slot, 2, 0)]
@@ -53,7 +53,7 @@ def test_a_fire_fans_out_the_current_slot_once(db: Database, clock: FakeClock) -
 def test_a_late_fire_catches_up_missed_slots(db: Database, clock: FakeClock) -> None:
     sid = new_stack(db, clock, "a")
     settle(db, clock)
-    beat = Beat(db, clock, BEAT, catchup=6)
+    beat = Beat(store_of(db), clock, BEAT, catchup=6)
     asyncio.run(beat.fire())  # the current slot
     first = slot_of(clock.now(), BEAT)
     settle(db, clock)
@@ -70,7 +70,7 @@ def test_a_late_fire_catches_up_missed_slots(db: Database, clock: FakeClock) -> 
 
 def test_catch_up_is_bounded(db: Database, clock: FakeClock) -> None:
     sid = new_stack(db, clock, "a")
-    beat = Beat(db, clock, BEAT, catchup=3)
+    beat = Beat(store_of(db), clock, BEAT, catchup=3)
     asyncio.run(beat.fire())
     first = slot_of(clock.now(), BEAT)
     clock.advance(100 * BEAT)  # the process was stopped for a long while
@@ -84,7 +84,7 @@ def test_catch_up_is_bounded(db: Database, clock: FakeClock) -> None:
 def test_catch_up_skips_slots_whose_previous_tick_is_running(db: Database,
                                                             clock: FakeClock) -> None:
     sid = new_stack(db, clock, "a")
-    beat = Beat(db, clock, BEAT)
+    beat = Beat(store_of(db), clock, BEAT)
     asyncio.run(beat.fire())
     asyncio.run(raw_claim(db, clock))  # the start tick runs, long
     clock.advance(2 * BEAT)
@@ -99,7 +99,7 @@ def test_a_stack_with_its_own_interval_is_due_every_third_slot(db: Database,
     slow = new_stack(db, clock, "every-30", interval_s=30)
     fast = new_stack(db, clock, "every-10")
     settle(db, clock)
-    beat = Beat(db, clock, BEAT)
+    beat = Beat(store_of(db), clock, BEAT)
     asyncio.run(beat.fire())
     first = slot_of(clock.now(), BEAT)
     for _ in range(9):
@@ -157,7 +157,7 @@ def test_beats_racing_from_two_connections_insert_one_row_per_stack(
 def test_the_scheduler_job_is_coalesced_single_and_aligned_to_a_slot(
         db: Database) -> None:
     clock = FakeClock(T0 + 3.7)
-    scheduler = BeatScheduler(Beat(db, clock, BEAT), clock)
+    scheduler = BeatScheduler(Beat(store_of(db), clock, BEAT), clock)
 
     async def main() -> None:
         scheduler.start()
@@ -182,7 +182,7 @@ def test_the_scheduler_fans_out_when_its_job_runs(db: Database, clock: FakeClock
     sid = new_stack(db, clock, "a")
     settle(db, clock)
     clock.advance(BEAT)
-    beat = Beat(db, clock, BEAT)
+    beat = Beat(store_of(db), clock, BEAT)
     scheduler = BeatScheduler(beat, clock)
 
     async def main() -> None:

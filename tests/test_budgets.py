@@ -13,7 +13,8 @@ from agents.registry import DEFAULT_TEAM
 from dashboard.api import create_app
 from orchestrator import stacks
 from orchestrator.errors import Conflict
-from orchestrator.usage import DAY_S, Spend
+from orchestrator.store.counts import DAY_S
+from orchestrator.store.spend import Spend
 from schema import read
 from schema.clock import FakeClock
 from schema.models import BudgetUpdate, StackCreate

@@ -21,9 +21,9 @@ from sse_starlette import ServerSentEvent
 
 from dashboard.api import create_app
 from dashboard.sse import EventTailer, event_stream
-from orchestrator.outbox import emit
 from orchestrator.runtime import Runtime
-from schema import read
+from orchestrator.store import outbox
+from orchestrator.store.outbox import emit
 from schema.clock import FakeClock
 from schema.db import Database
 from tests.conftest import wait_for
@@ -168,7 +168,7 @@ def parse_chunks(chunks: list[Any]) -> list[tuple[str, str, str]]:
 
 
 async def outbox_after(rt: Runtime, after: int) -> list[Any]:
-    return await rt.db.query(read.events_after, after)
+    return await rt.store.query(outbox.events_after, after)
 
 
 async def create(client: httpx.AsyncClient, name: str, **spec: Any) -> dict[str, Any]:
@@ -180,7 +180,7 @@ async def create(client: httpx.AsyncClient, name: str, **spec: Any) -> dict[str,
 def test_events_arrive_after_a_write(runtime: Runtime) -> None:
     async def scenario(client: httpx.AsyncClient, _: uvicorn.Server) -> None:
         await create(client, "before")  # written before the client connects: not replayed
-        start = await runtime.db.query(read.last_event_id)
+        start = await runtime.store.query(outbox.last_event_id)
         async with Listener(client) as events:
             assert events.response is not None
             assert events.response.headers["content-type"].startswith("text/event-stream")
@@ -281,7 +281,7 @@ def test_a_slow_client_is_dropped_and_the_others_keep_up(runtime: Runtime,
         await runtime.db.transact(work)
 
     async def main() -> None:
-        tailer = EventTailer(runtime.db, runtime.bus, runtime.settings.poll_s, max_pending=3)
+        tailer = EventTailer(runtime.store, runtime.bus, runtime.settings.poll_s, max_pending=3)
         await tailer.start()
         try:
             fast, slow = tailer.attach(), tailer.attach()
@@ -305,10 +305,10 @@ def test_a_slow_client_is_dropped_and_the_others_keep_up(runtime: Runtime,
 def test_a_dropped_stream_ends_after_what_it_had_so_the_client_can_resume(
         runtime: Runtime, clock: FakeClock) -> None:
     async def main() -> None:
-        tailer = EventTailer(runtime.db, runtime.bus, runtime.settings.poll_s, max_pending=1)
+        tailer = EventTailer(runtime.store, runtime.bus, runtime.settings.poll_s, max_pending=1)
         await tailer.start()
-        start = await runtime.db.query(read.last_event_id)
-        stream = event_stream(tailer, runtime.db, None)
+        start = await runtime.store.query(outbox.last_event_id)
+        stream = event_stream(tailer, runtime.store, None)
         try:
             opening = await anext(stream)
             assert isinstance(opening, ServerSentEvent) and opening.retry == 1000
@@ -316,7 +316,7 @@ def test_a_dropped_stream_ends_after_what_it_had_so_the_client_can_resume(
                 def work(conn: Any, n: int = n) -> None:
                     emit(conn, clock.now(), "stack.updated", None, None, {"n": n})
                 await runtime.db.transact(work)
-                written = await runtime.db.query(read.last_event_id)
+                written = await runtime.store.query(outbox.last_event_id)
                 await wait_for(lambda: tailer.cursor >= written,  # noqa: B023
                                what="the tailer to hand the event out")
             sent = [frame async for frame in stream]  # what it had, then the end

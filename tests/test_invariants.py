@@ -17,15 +17,16 @@ from sqlalchemy.exc import IntegrityError
 
 from agents.registry import DEFAULT_TEAM
 from agents.team import StepResult
-from orchestrator import journal, queue, stacks
+from orchestrator import stacks
 from orchestrator.beat import Beat
 from orchestrator.slots import slot_of
+from orchestrator.store import journal, queue
 from orchestrator.worker import Worker, WorkerConfig
 from schema import tables as t
 from schema.clock import FakeClock
 from schema.db import Database
 from schema.outputs import PlannerOutput
-from tests.conftest import wait_for
+from tests.conftest import store_of, wait_for
 from tests.engine_helpers import (
     BEAT,
     GatedLLM,
@@ -54,7 +55,7 @@ def test_two_beats_firing_the_same_slot_insert_one_row_per_stack(
     clock.advance(BEAT)
     other = Database(db_url)
     try:
-        first, second = Beat(db, clock, BEAT), Beat(other, clock, BEAT)
+        first, second = Beat(store_of(db), clock, BEAT), Beat(store_of(other), clock, BEAT)
         fired = asyncio.run(first.fire()), asyncio.run(second.fire())
     finally:
         other.close()
@@ -71,7 +72,7 @@ def test_the_database_refuses_a_second_row_for_a_stack_and_slot(db: Database,
                                                                 clock: FakeClock) -> None:
     sid = new_stack(db, clock, "a")
     settle(db, clock)
-    asyncio.run(Beat(db, clock, BEAT).fire())
+    asyncio.run(Beat(store_of(db), clock, BEAT).fire())
     assert [r["slot"] for r in ticks_of(db, sid)] == [None, slot_of(clock.now(), BEAT)]
     with pytest.raises(IntegrityError), db.write() as conn:
         conn.execute(insert(t.ticks).values(
@@ -203,13 +204,13 @@ def test_a_retried_tick_replays_journaled_steps_without_calling_the_model(
         async def crash_then_retry() -> list[str]:
             await rt.worker.claim_once()
             await wait_for(lambda: llm.waiting_for("communicator"), what="step 3 under way")
-            for task in [task for _, task in rt.worker._running.values()]:
+            for task in [entry.task for entry in rt.worker._running.values()]:
                 task.cancel()  # the worker dies mid-step: nothing is finalised
             await wait_for(lambda: rt.worker.running == 0, what="the crash")
             before = len(llm.calls)
             clock.advance(31)
             assert await reap(rt) == (1, 0, 0)
-            retry = Worker(rt.db, rt.runner, rt.bus, clock, WorkerConfig(lease_s=30.0))
+            retry = Worker(rt.store, rt.runner, rt.bus, clock, WorkerConfig(lease_s=30.0))
             await retry.claim_once()
             await wait_for(lambda: retry.running == 0, what="the retry")
             return [seed_of(r)[2] for r in llm.calls[before:]]
@@ -270,7 +271,7 @@ def test_pause_cancels_queued_ticks_and_fan_out_starts_none(db: Database, db_url
     settle(db, clock)  # the control stack's start tick; the cancelled one is not claimable
     assert tick_row(db, row["id"])["status"] == "cancelled"
     clock.advance(BEAT)
-    asyncio.run(Beat(db, clock, BEAT).fire())
+    asyncio.run(Beat(store_of(db), clock, BEAT).fire())
     assert len(ticks_of(db, sid)) == 1
     assert [r["status"] for r in ticks_of(db, control)] == ["succeeded", "queued"]
     assert asyncio.run(raw_claim(db, clock))[0].stack_id == control
@@ -316,7 +317,7 @@ def test_play_resumes_with_a_tick_for_the_current_slot(db: Database, clock: Fake
     with db.write() as conn:
         stacks.pause(conn, sid, None, clock.now())
     clock.advance(BEAT)
-    asyncio.run(Beat(db, clock, BEAT).fire())
+    asyncio.run(Beat(store_of(db), clock, BEAT).fire())
     assert len(ticks_of(db, sid)) == 1
     clock.advance(3)
     with db.write() as conn:
@@ -329,7 +330,7 @@ def test_play_resumes_with_a_tick_for_the_current_slot(db: Database, clock: Fake
 
 def test_play_within_the_paused_slot_resumes_at_once(db: Database, clock: FakeClock) -> None:
     sid = new_stack(db, clock, "a")
-    beat = Beat(db, clock, BEAT)
+    beat = Beat(store_of(db), clock, BEAT)
     asyncio.run(beat.fire())
     with db.write() as conn:
         stacks.pause(conn, sid, None, clock.now())

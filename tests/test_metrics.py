@@ -20,9 +20,9 @@ from agents.llm.latency import Latency
 from agents.llm.sim import SimulatedLLM
 from dashboard.api import create_app
 from dashboard.metrics import DbCounts, Process, render
-from orchestrator.queue import REASON_PREV_QUEUED
 from orchestrator.runtime import Runtime
 from orchestrator.stats import Stats, percentile
+from orchestrator.store.queue import REASON_PREV_QUEUED
 from schema.clock import FakeClock
 from tests.conftest import wait_for
 from tests.engine_helpers import build_runtime, new_stack, settle

@@ -15,7 +15,7 @@ from dashboard.api import create_app
 from dashboard.pages_tick import tick_body
 from dashboard.session import SESSION_COOKIE
 from orchestrator.runtime import Runtime
-from schema import read
+from orchestrator.store import outbox
 from schema.clock import FakeClock
 from schema.models import AttemptOut, StepOut, TickDetail, ts
 from tests.conftest import make_settings, wait_for
@@ -90,7 +90,7 @@ def test_stacks_page_lists_each_stack_with_state_and_last_tick(runtime: Runtime)
         assert 'href="/system"' in page
         assert '<script src="/static/app.js"' in page
         # the page's script resumes the event stream after the last event the page reflects
-        after = await runtime.db.query(read.last_event_id)
+        after = await runtime.store.query(outbox.last_event_id)
         assert after > 0 and f'<body data-page="stacks" data-after="{after}">' in page
 
     run(runtime, scenario)

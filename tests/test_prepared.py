@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import bindparam, insert, select, update
 
+from orchestrator.store.prepared import Prepared
 from schema import tables as t
 from schema.db import Database, touch
 from schema.migrate import upgrade
-from schema.prepared import Prepared
+from tests.conftest import store_of
 
 _NEW_STACK = Prepared(insert(t.stacks).returning(t.stacks.c.id, t.stacks.c.interval_s))
 _RENAME = Prepared(update(t.stacks).where(t.stacks.c.id == bindparam("sid"))
@@ -56,10 +57,13 @@ def test_grouped_writes_each_get_their_result_and_a_failure_stays_alone(
     def broken(conn: object) -> None:
         raise RuntimeError("this write fails")
 
+    store = store_of(db)
+
     async def writes() -> list[object]:
         return await asyncio.gather(
-            *(db.transact_grouped(add, f"s{i}") for i in range(20)),
-            db.transact_grouped(broken), *(db.transact_grouped(add, f"t{i}") for i in range(5)),
+            *(store.transact_grouped(add, f"s{i}") for i in range(20)),
+            store.transact_grouped(broken),
+            *(store.transact_grouped(add, f"t{i}") for i in range(5)),
             return_exceptions=True)
 
     results = asyncio.run(writes())
@@ -83,8 +87,10 @@ def test_grouped_writes_share_a_transaction_and_see_the_writes_before_them(
         touch(conn, "stacks")  # type: ignore[arg-type]
         return len(_BY_STATE.all(conn, {}))  # type: ignore[arg-type]
 
+    store = store_of(db)
+
     async def writes() -> list[int]:
-        return await asyncio.gather(*(db.transact_grouped(add_and_count, f"s{i}")
+        return await asyncio.gather(*(store.transact_grouped(add_and_count, f"s{i}")
                                       for i in range(10)))
 
     try:
@@ -101,7 +107,7 @@ def test_grouped_writes_after_close_fail_instead_of_hanging(tmp_path: Path) -> N
     db.close()
 
     async def write() -> None:
-        await asyncio.wait_for(db.transact_grouped(lambda conn: None), timeout=10)
+        await asyncio.wait_for(store_of(db).transact_grouped(lambda conn: None), timeout=10)
 
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(write())

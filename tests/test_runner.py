@@ -152,7 +152,7 @@ def test_a_team_naming_an_unknown_agent_fails_the_tick_and_the_stack(
         assert events_of(rt.db, stack_id=sid, kind="stack.updated")[-1]["data"].find(
             '"execution_state":"failed"') >= 0
         clock.advance(BEAT)
-        asyncio.run(Beat(rt.db, clock, BEAT).fire())
+        asyncio.run(Beat(rt.store, clock, BEAT).fire())
         assert len(ticks_of(rt.db, sid)) == 1  # a failed stack gets no more ticks
 
 
@@ -172,7 +172,7 @@ def test_a_met_goal_completes_the_stack_and_stops_its_ticks(db_url: str,
         updates = events_of(rt.db, stack_id=sid, kind="stack.updated")
         assert '"execution_state":"completed"' in updates[-1]["data"]
         clock.advance(BEAT)
-        asyncio.run(Beat(rt.db, clock, BEAT).fire())
+        asyncio.run(Beat(rt.store, clock, BEAT).fire())
         assert len(ticks_of(rt.db, sid)) == 1
         assert stack_row(rt.db, other)["execution_state"] == "completed"  # same script
         assert len(ticks_of(rt.db, other)) == 1
@@ -310,7 +310,7 @@ def test_two_workers_claiming_at_once_never_run_a_tick_twice(db_url: str,
     with build_runtime(db_url, clock, llm=llm, claim_batch=3) as rt:
         for i in range(12):
             new_stack(rt.db, clock, f"s{i}")
-        second = Worker(rt.db, rt.runner, rt.bus, clock,
+        second = Worker(rt.store, rt.runner, rt.bus, clock,
                         WorkerConfig(lease_s=30.0, claim_batch=3))
 
         async def main() -> list[list[int]]:
@@ -341,7 +341,7 @@ def test_a_runner_that_lost_its_lease_writes_nothing(db_url: str, clock: FakeClo
         c.seed == r.seed for c in llm.calls[:-1]))
     with build_runtime(db_url, clock, llm=llm) as rt:
         sid = new_stack(rt.db, clock, "a")
-        late = Worker(rt.db, rt.runner, rt.bus, clock, WorkerConfig(lease_s=30.0))
+        late = Worker(rt.store, rt.runner, rt.bus, clock, WorkerConfig(lease_s=30.0))
 
         async def main() -> None:
             await rt.worker.claim_once()

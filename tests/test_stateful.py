@@ -30,18 +30,20 @@ from sqlalchemy import func, select
 
 from agents.llm.base import LLMRequest
 from agents.registry import DEFAULT_TEAM, AgentRegistry
-from orchestrator import queue, stacks
+from orchestrator import stacks
 from orchestrator.beat import Beat
 from orchestrator.bus import InProcessBus
 from orchestrator.reaper import Reaper
 from orchestrator.runner import TickRunner
 from orchestrator.slots import next_fire
+from orchestrator.store import queue
 from orchestrator.worker import Worker, WorkerConfig
 from schema import tables as t
 from schema.clock import FakeClock
 from schema.db import Database
 from schema.migrate import upgrade
 from schema.models import TERMINAL
+from tests.conftest import store_of
 from tests.engine_helpers import BEAT, Gate, GatedLLM, new_stack, seed_of
 
 LEASE = 30.0
@@ -87,11 +89,12 @@ class TickMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.llm = JournalCheckingLLM(self.db, self.clock)
         self.bus = InProcessBus(self.clock, self.loop)
-        self.runner = TickRunner(self.db, AgentRegistry.default(plugins=False), self.llm,
+        self.store = store_of(self.db)
+        self.runner = TickRunner(self.store, AgentRegistry.default(plugins=False), self.llm,
                                  self.clock, LEASE)
         self.workers = [self._worker(), self._worker()]
-        self.reaper = Reaper(self.db, self.clock, MAX_ATTEMPTS, 5.0)
-        self.beat = Beat(self.db, self.clock, BEAT)
+        self.reaper = Reaper(self.store, self.clock, MAX_ATTEMPTS, 5.0)
+        self.beat = Beat(self.store, self.clock, BEAT)
         with self.db.write() as conn:  # earlier runs' stacks, whatever became of them
             stacks.pause_all(conn, "an earlier run", self.clock.now())
         self.stack_ids = [new_stack(self.db, self.clock, f"m{next(_names)}")
@@ -102,7 +105,7 @@ class TickMachine(RuleBasedStateMachine):
         self.state = dict.fromkeys(self.stack_ids, "running")
 
     def _worker(self) -> Worker:
-        return Worker(self.db, self.runner, self.bus, self.clock,
+        return Worker(self.store, self.runner, self.bus, self.clock,
                       WorkerConfig(lease_s=LEASE, claim_batch=2, tick_timeout_s=600))
 
     # -- driving the loop ----------------------------------------------------------------
@@ -111,7 +114,7 @@ class TickMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     def _tasks(self) -> list[asyncio.Task[None]]:
-        return [task for w in self.workers for _, task in w._running.values()]
+        return [entry.task for w in self.workers for entry in w._running.values()]
 
     def _settle(self) -> None:
         """Let every tick task run until it waits at a gate or has ended."""
@@ -169,7 +172,7 @@ class TickMachine(RuleBasedStateMachine):
         self.workers[w] = self._worker()  # a new process with a new id
 
     def _tasks_of(self, w: int) -> list[asyncio.Task[None]]:
-        return [task for _, task in self.workers[w]._running.values()]
+        return [entry.task for entry in self.workers[w]._running.values()]
 
     @rule(w=st.integers(0, 1))
     def heartbeat(self, w: int) -> None:

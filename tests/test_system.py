@@ -13,8 +13,8 @@ from sqlalchemy import insert
 
 from agents.llm.breaker import Permit
 from dashboard.api import create_app
-from orchestrator import queue
 from orchestrator.runtime import Runtime
+from orchestrator.store import queue
 from schema import tables as t
 from schema.clock import FakeClock
 from tests.conftest import make_settings, wait_for

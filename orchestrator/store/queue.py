@@ -1,16 +1,20 @@
-"""The tick queue, in the database: fan-out, claim, heartbeat, finalise, reap.
+"""The tick queue, in the database: fan-out, claim, heartbeat, release, finalise, reap.
 
-Every function here is one piece of a transaction on a Connection the caller opened with
-`Database.write()`, writes its events to the outbox last, and returns what it changed.
-The tick row is the queue entry: a tick is enqueued by inserting it, claimed by a
-compare-and-set from `queued` to `running` under a lease, and finalised by a compare-and-set
-on (status, attempt) — the attempt number is the fencing token a retried tick gets anew.
+Every function here is one piece of a transaction on a Connection a store opened, writes its
+events to the outbox last, and returns what it changed. The tick row is the queue entry: a tick
+is enqueued by inserting it, claimed by a compare-and-set from `queued` to `running` under a
+lease, and finalised by a compare-and-set on (status, attempt) — the attempt number is the
+fencing token each claim after a retry or a release gets anew.
+
+Locks are taken in one order everywhere: the stack's row, then its ticks, then the rest. The
+fan-out takes FOR KEY SHARE on the stacks it reads (a pause, FOR UPDATE, waits for it and then
+cancels what it queued; a step commit, FOR NO KEY UPDATE, does not); a claim and the reaper skip
+tick rows another transaction holds; a heartbeat locks its ticks in id order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -28,37 +32,30 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from orchestrator.outbox import emit_many
-from orchestrator.spend import Spend
+from orchestrator.store.abc import Claimed, Dialect
+from orchestrator.store.counts import count_ticks
+from orchestrator.store.hooks import dialect_of
+from orchestrator.store.outbox import emit_many
+from orchestrator.store.prepared import Prepared
+from orchestrator.store.reasons import (
+    REASON_LEASE_FAILED,
+    REASON_LEASE_RETRY,
+    REASON_PAUSED,
+    REASON_PREV_QUEUED,
+    REASON_PREV_RUNNING,
+    REASON_RELEASED,
+)
+from orchestrator.store.spend import Spend
 from schema import tables as t
 from schema.db import touch
 from schema.events import TICK_FINISHED, TICK_QUEUED, TICK_STARTED, TOPIC_QUEUE
-from schema.prepared import Prepared
 from schema.read import tick_json
 
-REASON_PREV_QUEUED = "previous tick still queued"
-REASON_PREV_RUNNING = "previous tick still running"
-REASON_PAUSED = "stack paused before the tick started"
-REASON_LEASE_RETRY = "lease expired; retrying"
-REASON_LEASE_FAILED = "lease expired; no attempts left"
+__all__ = ["REASON_PAUSED", "REASON_PREV_RUNNING", "Claimed"]
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    id: int
-    stack_id: int
-    slot: int | None
-    attempt: int
-    scheduled_at: float
-
-
-def _insert(conn: Connection) -> Any:
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(t.ticks)
-
-
-def _fan_out(dialect_name: str) -> Any:
+def _fan_out(dialect: Dialect) -> Any:
     active = (select(t.ticks.c.status)
               .where(t.ticks.c.stack_id == t.stacks.c.id,
                      or_(*(t.ticks.c.status == s for s in t.ACTIVE)))
@@ -75,12 +72,11 @@ def _fan_out(dialect_name: str) -> Any:
                bindparam("fire_s", type_=BigInteger)
                % func.coalesce(t.stacks.c.interval_s, bindparam("interval", type_=Integer))
                == 0)
-        # Lock the stacks read (PostgreSQL): a pause waits for this fan-out to commit, then
-        # cancels what it queued. SQLite serialises writers already.
-        .with_for_update(read=True, of=t.stacks)
+        # PostgreSQL: a pause (FOR UPDATE on the stack) waits for this fan-out to commit and
+        # then cancels what it queued; a step commit (FOR NO KEY UPDATE) does not wait.
+        .with_for_update(read=True, key_share=True, of=t.stacks)
     )
-    insert_ = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    return (insert_(t.ticks)
+    return (dialect.insert(t.ticks)
             .from_select(["stack_id", "slot", "scheduled_at", "trigger", "status", "attempt",
                           "reason", "queued_at", "finished_at"], source)
             .on_conflict_do_nothing()
@@ -101,6 +97,8 @@ def fan_out(conn: Connection, slot: int, interval: int, now: float) -> tuple[int
     rows = _FAN_OUT.dicts(conn, {"slot": slot, "fire": float(fire), "fire_s": fire,
                                  "interval": interval, "now": now})
     queued = sum(1 for r in rows if r["status"] == "queued")
+    if queued < len(rows):
+        count_ticks(conn, [r for r in rows if r["status"] == "skipped"], now)
     emit_many(conn, now, [(TICK_QUEUED if r["status"] == "queued" else TICK_FINISHED,
                            r["stack_id"], r["id"], tick_json(r)) for r in rows])
     if queued:
@@ -115,7 +113,7 @@ def enqueue(conn: Connection, stack_id: int, slot: int | None, trigger: str,
     Returns the tick, or None when the stack already has a tick for that slot or one queued
     or running (insert-if-absent on both unique constraints).
     """
-    stmt = (_insert(conn)
+    stmt = (dialect_of(conn).insert(t.ticks)
             .values(stack_id=stack_id, slot=slot, scheduled_at=scheduled_at, trigger=trigger,
                     status="queued", attempt=1, queued_at=now)
             .on_conflict_do_nothing()
@@ -128,22 +126,18 @@ def enqueue(conn: Connection, stack_id: int, slot: int | None, trigger: str,
     return dict(row)
 
 
-def _claim(dialect_name: str) -> Any:
+def _claim(dialect: Dialect) -> Any:
     pick = (select(t.ticks.c.id)
             .join(t.stacks, t.stacks.c.id == t.ticks.c.stack_id)
             .where(t.ticks.c.status == "queued", t.stacks.c.execution_state == "running")
             .order_by(t.ticks.c.scheduled_at, t.ticks.c.id)
             .limit(bindparam("lim"))
-            .with_for_update(skip_locked=True, of=t.ticks)
-            .cte("picked"))
-    if dialect_name == "postgresql":
-        # Evaluated once: as a plain IN-subquery, PostgreSQL may rescan the locking subquery
-        # for each row it updates, and the rescans pick other rows (more than `limit`).
-        pick = pick.prefix_with("MATERIALIZED")
+            .with_for_update(skip_locked=True, of=t.ticks))
+    picked = dialect.locked_cte(pick, "picked")
     return (update(t.ticks)
-            .where(t.ticks.c.id.in_(select(pick.c.id)), t.ticks.c.status == "queued")
+            .where(t.ticks.c.id.in_(select(picked.c.id)), t.ticks.c.status == "queued")
             .values(status="running", worker_id=bindparam("worker"),
-                    lease_expires_at=bindparam("until"),
+                    lease_expires_at=dialect.lease_now() + bindparam("lease_s", type_=Float),
                     started_at=func.coalesce(t.ticks.c.started_at, bindparam("now")))
             .returning(*t.ticks.c))
 
@@ -156,11 +150,32 @@ def claim(conn: Connection, worker_id: str, limit: int, now: float, lease_s: flo
     """Claim up to `limit` queued ticks of running stacks, oldest slot first, under a lease."""
     if limit <= 0:
         return []
-    rows = _CLAIM.dicts(conn, {"lim": limit, "worker": worker_id, "until": now + lease_s,
+    rows = _CLAIM.dicts(conn, {"lim": limit, "worker": worker_id, "lease_s": lease_s,
                                "now": now})
     emit_many(conn, now, [(TICK_STARTED, r["stack_id"], r["id"], tick_json(r)) for r in rows])
     return [Claimed(r["id"], r["stack_id"], r["slot"], r["attempt"], r["scheduled_at"])
             for r in rows]
+
+
+def _count(*where: Any) -> Any:
+    return select(func.count()).select_from(t.ticks).where(*where).scalar_subquery()
+
+
+_BALANCE = Prepared(select(
+    _count(t.ticks.c.status == "queued"),
+    _count(t.ticks.c.status == "running"),
+    _count(t.ticks.c.status == "queued",
+           t.ticks.c.queued_at < bindparam("overdue_before", type_=Float)),
+    _count(t.ticks.c.status == "running", t.ticks.c.worker_id == bindparam("worker"))))
+
+
+def balance(conn: Connection, worker_id: str, overdue_before: float
+            ) -> tuple[int, int, int, int]:
+    """Ticks (queued, running, queued since before `overdue_before`, running on this
+    worker), for a fair claim."""
+    row = _BALANCE.one(conn, {"overdue_before": overdue_before, "worker": worker_id})
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
 def heartbeat(conn: Connection, worker_id: str, held: Sequence[tuple[int, int]], now: float,
@@ -169,24 +184,28 @@ def heartbeat(conn: Connection, worker_id: str, held: Sequence[tuple[int, int]],
     (an attempt the reaper requeued is not, even when this worker claimed the next one)."""
     if not held:
         return set()
-    ids = [i for i, _ in held]
+    mine = (select(t.ticks.c.id)
+            .where(t.ticks.c.id.in_([i for i, _ in held]), t.ticks.c.status == "running",
+                   t.ticks.c.worker_id == worker_id)
+            .order_by(t.ticks.c.id).with_for_update())
     still = {(i, a) for i, a in conn.execute(
-        update(t.ticks)
-        .where(t.ticks.c.id.in_(ids), t.ticks.c.status == "running",
-               t.ticks.c.worker_id == worker_id)
-        .values(lease_expires_at=now + lease_s)
-        .returning(t.ticks.c.id, t.ticks.c.attempt))}
+        update(t.ticks).where(t.ticks.c.id.in_(mine.scalar_subquery()))
+        .values(lease_expires_at=dialect_of(conn).lease_now() + lease_s)
+        .returning(t.ticks.c.id, t.ticks.c.attempt), {"now": now})}
     return {(i, a) for i, a in held if (i, a) in still}
 
 
-_HOLD = Prepared(
-    update(t.ticks)
-    .where(t.ticks.c.id == bindparam("tick_id"), t.ticks.c.status == "running",
-           t.ticks.c.attempt == bindparam("b_attempt"))
-    .values(lease_expires_at=bindparam("until"),
-            input_tokens=t.ticks.c.input_tokens + bindparam("tin"),
-            output_tokens=t.ticks.c.output_tokens + bindparam("tout"),
-            cost_usd=t.ticks.c.cost_usd + bindparam("cost")))
+def _hold(dialect: Dialect) -> Any:
+    return (update(t.ticks)
+            .where(t.ticks.c.id == bindparam("tick_id"), t.ticks.c.status == "running",
+                   t.ticks.c.attempt == bindparam("b_attempt"))
+            .values(lease_expires_at=dialect.lease_now() + bindparam("lease_s", type_=Float),
+                    input_tokens=t.ticks.c.input_tokens + bindparam("tin"),
+                    output_tokens=t.ticks.c.output_tokens + bindparam("tout"),
+                    cost_usd=t.ticks.c.cost_usd + bindparam("cost")))
+
+
+_HOLD = Prepared(_hold)
 
 
 def hold(conn: Connection, tick_id: int, attempt: int, now: float, lease_s: float,
@@ -195,7 +214,7 @@ def hold(conn: Connection, tick_id: int, attempt: int, now: float, lease_s: floa
     Extends the lease as it checks, and adds the step's `spend` to the tick."""
     spend = spend or Spend()
     return _HOLD.rowcount(conn, {
-        "tick_id": tick_id, "b_attempt": attempt, "until": now + lease_s,
+        "tick_id": tick_id, "b_attempt": attempt, "now": now, "lease_s": lease_s,
         "tin": spend.input_tokens, "tout": spend.output_tokens, "cost": spend.cost_usd}) == 1
 
 
@@ -216,38 +235,67 @@ def finalize(conn: Connection, tick_id: int, attempt: int, status: str, reason: 
                                   "b_reason": reason, "now": now})
     if not rows:
         return None
+    count_ticks(conn, rows, now)
     emit_many(conn, now, [(TICK_FINISHED, rows[0]["stack_id"], tick_id, tick_json(rows[0]))])
     return rows[0]
 
 
-def release(conn: Connection, worker_id: str, tick_ids: Sequence[int], now: float) -> None:
-    """A worker shutting down gives up its leases at once, so the reaper retries them now."""
-    if tick_ids:
-        conn.execute(update(t.ticks)
-                     .where(t.ticks.c.id.in_(tick_ids), t.ticks.c.status == "running",
-                            t.ticks.c.worker_id == worker_id)
-                     .values(lease_expires_at=now))
+def release(conn: Connection, worker_id: str, ticks: Iterable[tuple[int, int]], now: float
+            ) -> int:
+    """A worker stopping gives its running ticks back to the queue at once. The attempt number
+    moves on (it fences off anything the old attempt might still write) but no attempt is
+    used up: `released` counts the hand-backs, and the reaper allows for them. The next claim
+    resumes each from its journal."""
+    pairs = list(ticks)
+    if not pairs:
+        return 0
+    k = t.ticks.c
+    rows = list(conn.execute(
+        update(t.ticks)
+        .where(or_(*(and_(k.id == i, k.attempt == a) for i, a in pairs)), k.status == "running",
+               k.worker_id == worker_id)
+        .values(status="queued", attempt=k.attempt + 1, released=k.released + 1,
+                worker_id=None, lease_expires_at=None, reason=REASON_RELEASED)
+        .returning(*t.ticks.c)).mappings())
+    emit_many(conn, now, [(TICK_QUEUED, r["stack_id"], r["id"], tick_json(r)) for r in rows])
+    if rows:
+        touch(conn, TOPIC_QUEUE)
+    return len(rows)
+
+
+def _expired(conn: Connection) -> Any:
+    k = t.ticks.c
+    return and_(k.status == "running", k.lease_expires_at < dialect_of(conn).lease_now())
 
 
 def reap(conn: Connection, now: float, max_attempts: int) -> tuple[int, int, int]:
     """Requeue (attempt + 1) or fail running ticks whose lease expired; cancel queued ticks of
-    stacks that are no longer running. Returns (requeued, failed, cancelled)."""
-    expired = and_(t.ticks.c.status == "running", t.ticks.c.lease_expires_at < now)
+    stacks that are no longer running. Returns (requeued, failed, cancelled). Ticks another
+    transaction holds (a heartbeat, a step commit) are alive and skipped."""
+    k = t.ticks.c
+    used = k.attempt - k.released  # attempts used up; a released tick did not use one
+
+    def expired(more: Any) -> Any:
+        return (select(k.id).where(_expired(conn), more).order_by(k.id)
+                .with_for_update(skip_locked=True).scalar_subquery())
+
+    params = {"now": now}
     requeued = list(conn.execute(
-        update(t.ticks).where(expired, t.ticks.c.attempt < max_attempts)
-        .values(status="queued", attempt=t.ticks.c.attempt + 1, worker_id=None,
+        update(t.ticks).where(k.id.in_(expired(used < max_attempts)))
+        .values(status="queued", attempt=k.attempt + 1, worker_id=None,
                 lease_expires_at=None, reason=REASON_LEASE_RETRY)
-        .returning(*t.ticks.c)).mappings())
+        .returning(*t.ticks.c), params).mappings())
     failed = list(conn.execute(
-        update(t.ticks).where(expired)
+        update(t.ticks).where(k.id.in_(expired(used >= max_attempts)))
         .values(status="failed", finished_at=now, lease_expires_at=None,
                 reason=REASON_LEASE_FAILED)
-        .returning(*t.ticks.c)).mappings())
-    not_running = exists().where(t.stacks.c.id == t.ticks.c.stack_id,
+        .returning(*t.ticks.c), params).mappings())
+    not_running = exists().where(t.stacks.c.id == k.stack_id,
                                  t.stacks.c.execution_state != "running")
     # A tick just requeued for a stack that is no longer running is cancelled here too; its
     # events follow the order of the changes, so the last one a reader sees is "cancelled".
     cancelled = cancel_rows(conn, now, not_running, REASON_PAUSED)
+    count_ticks(conn, failed, now)
     emit_many(conn, now,
               [(TICK_QUEUED, r["stack_id"], r["id"], tick_json(r)) for r in requeued]
               + [(TICK_FINISHED, r["stack_id"], r["id"], tick_json(r))
@@ -258,11 +306,14 @@ def reap(conn: Connection, now: float, max_attempts: int) -> tuple[int, int, int
 
 
 def cancel_rows(conn: Connection, now: float, where: Any, reason: str) -> list[Any]:
-    """Cancel queued ticks matching `where`; the caller writes their events."""
-    return list(conn.execute(
+    """Cancel queued ticks matching `where` (and count them); the caller writes their
+    events."""
+    rows = list(conn.execute(
         update(t.ticks).where(t.ticks.c.status == "queued", where)
         .values(status="cancelled", finished_at=now, reason=reason)
         .returning(*t.ticks.c)).mappings())
+    count_ticks(conn, rows, now)
+    return rows
 
 
 def cancel_queued(conn: Connection, now: float, where: Any, reason: str = REASON_PAUSED) -> int:
@@ -274,4 +325,3 @@ def cancel_queued(conn: Connection, now: float, where: Any, reason: str = REASON
 def queue_depth(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(t.ticks)
                              .where(t.ticks.c.status == "queued")).scalar_one())
-

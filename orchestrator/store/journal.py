@@ -3,39 +3,34 @@
 A step's row, its LLM attempts, its effects (memory, messages, artifacts, the stack becoming
 `completed`) and its events commit in one transaction, after a fencing check that this attempt
 still holds the tick. A retried tick reads the journal and replays finished steps from it.
+
+A step commit locks its stack's row first (FOR NO KEY UPDATE: a fan-out's FOR KEY SHARE does not
+wait for it, a pause's FOR UPDATE does), then its tick (the fencing check), then the rest: the
+order every transaction follows, so a play or pause racing a step cannot deadlock with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from agents.base import ArtifactView, MessageView, StackView
 from agents.team import StepResult
-from orchestrator import usage
-from orchestrator.outbox import emit_many
-from orchestrator.queue import Claimed, finalize, hold
-from orchestrator.usage import Spend
+from orchestrator.store import usage
+from orchestrator.store.abc import Claimed, Dialect, Journal
+from orchestrator.store.outbox import emit_many
+from orchestrator.store.prepared import Prepared
+from orchestrator.store.queue import finalize, hold
+from orchestrator.store.spend import Spend
 from schema import tables as t
+from schema.db import is_retry
 from schema.events import STACK_UPDATED, STEP_FINISHED
-from schema.prepared import Prepared
 from schema.read import stack_patch
 
-
-@dataclass(slots=True)
-class Journal:
-    stack: StackView
-    team: list[str] | None
-    execution_state: str
-    memory: dict[str, str]
-    messages: list[MessageView]
-    artifacts: list[ArtifactView]
-    done: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (agent, output)
+__all__ = ["Journal"]
 
 
 # Built once, run on the driver's cursor (see schema.prepared): a tick runs dozens of these.
@@ -66,8 +61,16 @@ _COMPLETE = Prepared(update(t.stacks)
                      .returning(*t.stacks.c))
 
 
-def _upsert(dialect_name: str) -> Any:
-    stmt = (postgresql if dialect_name == "postgresql" else sqlite).insert(t.memories)
+# FOR NO KEY UPDATE on PostgreSQL (SQLite has one writer and no row locks).
+_LOCK_STACK = Prepared(select(t.stacks.c.id).where(t.stacks.c.id == bindparam("stack_id"))
+                       .with_for_update(key_share=True))
+_STEP_DONE = Prepared(select(t.steps.c.id).where(t.steps.c.tick_id == bindparam("tick_id"),
+                                                 t.steps.c.index == bindparam("index"),
+                                                 t.steps.c.attempt == bindparam("b_attempt")))
+
+
+def _upsert(dialect: Dialect) -> Any:
+    stmt = dialect.insert(t.memories)
     return stmt.on_conflict_do_update(
         index_elements=["stack_id", "key"],
         set_={"value": stmt.excluded.value, "tick_id": stmt.excluded.tick_id,
@@ -112,6 +115,10 @@ def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, 
     """Journal one step; with `final` (status, reason), finalise the tick in the same
     transaction. Returns False, writing nothing, when this attempt no longer holds the tick."""
     spend = Spend.of(result.attempts)
+    _LOCK_STACK.all(conn, {"stack_id": stack_id})
+    if is_retry(conn) and _STEP_DONE.one(conn, {"tick_id": tick_id, "index": index,
+                                                "b_attempt": attempt}):
+        return True  # an earlier try of this transaction committed; only its answer was lost
     if not hold(conn, tick_id, attempt, now, lease_s, spend):
         return False
     output = result.output.model_dump(mode="json") if result.output is not None else None

@@ -12,31 +12,27 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from orchestrator.queue import cancel_rows
-from orchestrator.spend import Spend
+from orchestrator.store.abc import Dialect
+from orchestrator.store.counts import day_of
+from orchestrator.store.prepared import Prepared
+from orchestrator.store.queue import cancel_rows
+from orchestrator.store.reasons import REASON_BUDGET_CANCELLED
+from orchestrator.store.spend import Spend
 from schema import tables as t
 from schema.events import STACK_UPDATED, TICK_FINISHED, EventKind
-from schema.prepared import Prepared
 from schema.read import stack_patch, tick_json
 
 BUDGET = "budget"
-REASON_BUDGET_CANCELLED = "stack paused by its budget before the tick started"
-DAY_S = 86_400
-
-
-def day_of(now: float) -> int:
-    return int(now // DAY_S)
+__all__ = ["day_of"]
 
 
 Event = tuple[EventKind, int | None, int | None, dict[str, Any]]
 
 
-def _add_usage(dialect_name: str) -> Any:
+def _add_usage(dialect: Dialect) -> Any:
     """Upsert today's spend, returning the day's tokens and USD (built once per dialect: a
     statement built per call costs more CPU than running it)."""
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
     u = t.stack_usage.c
     ins = dialect.insert(t.stack_usage).values(
         stack_id=bindparam("b_stack"), day=bindparam("b_day"), input_tokens=bindparam("tin"),

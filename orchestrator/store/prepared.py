@@ -22,6 +22,9 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.sql.base import Executable
 
+from orchestrator.store.abc import Dialect
+from orchestrator.store.hooks import dialect_of
+
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
@@ -33,15 +36,15 @@ class _Compiled:
 
 
 class Prepared:
-    """One statement, or a function of the dialect's name that builds it (for the dialects'
-    own constructs, such as ``INSERT … ON CONFLICT``)."""
+    """One statement, or a function of the connection's `Dialect` that builds it (for the
+    databases' own constructs, such as ``INSERT … ON CONFLICT`` or the clock of leases)."""
 
-    def __init__(self, statement: Executable | Callable[[str], Executable]) -> None:
-        self._build = statement if callable(statement) else (lambda _name: statement)
+    def __init__(self, statement: Executable | Callable[[Dialect], Executable]) -> None:
+        self._build = statement if callable(statement) else (lambda _dialect: statement)
         self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled] = {}
 
-    def _compile(self, conn: Connection, keys: tuple[str, ...]) -> _Compiled:
-        statement = self._build(conn.dialect.name)
+    def _compile(self, conn: Connection, dialect: Dialect, keys: tuple[str, ...]) -> _Compiled:
+        statement = self._build(dialect)
         # The keys decide an INSERT's columns (the others take their defaults), as they do
         # for Connection.execute.
         compiled = statement.compile(  # type: ignore[attr-defined]
@@ -52,7 +55,7 @@ class Prepared:
         processors = tuple((k, fn) for k, fn in compiled._bind_processors.items())
         at = tuple((names.index(k), fn) for k, fn in processors) if names else ()
         done = _Compiled(str(compiled), names, dict(compiled.params), processors, at)
-        self._compiled[(conn.dialect.name, keys)] = done
+        self._compiled[(dialect.key, keys)] = done
         return done
 
     def _params(self, c: _Compiled, given: Mapping[str, Any]) -> Any:
@@ -71,7 +74,8 @@ class Prepared:
 
     def _cursor(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, _Compiled]:
         keys = tuple(params)
-        c = self._compiled.get((conn.dialect.name, keys)) or self._compile(conn, keys)
+        dialect = dialect_of(conn)
+        c = self._compiled.get((dialect.key, keys)) or self._compile(conn, dialect, keys)
         return conn.connection.dbapi_connection.cursor(), c  # type: ignore[union-attr]
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Any:

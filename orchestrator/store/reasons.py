@@ -1,0 +1,10 @@
+"""Why a tick ended the way it did, or was not run: the reasons its row records."""
+
+REASON_PREV_QUEUED = "previous tick still queued"
+REASON_PREV_RUNNING = "previous tick still running"
+REASON_PAUSED = "stack paused before the tick started"
+REASON_DELETED = "stack deleted before the tick started"
+REASON_BUDGET_CANCELLED = "stack paused by its budget before the tick started"
+REASON_LEASE_RETRY = "lease expired; retrying"
+REASON_LEASE_FAILED = "lease expired; no attempts left"
+REASON_RELEASED = "released by a stopping worker; resumes from its journal"
