@@ -16,8 +16,11 @@ from sqlalchemy import Connection, text
 
 from dashboard import metrics as metrics_text
 from dashboard.sse import EventTailer
+from dashboard.system import FleetProcess, FleetTotals, fleet_of
+from orchestrator import fleet
 from orchestrator.fleet import version
 from orchestrator.runtime import Runtime
+from orchestrator.store import queue
 from schema import read
 
 READY_TIMEOUT_S = 2.0
@@ -48,6 +51,9 @@ class SystemOut(BaseModel):
     agents: list[str]
     providers: list[Endpoint] = []
     notes: list[str] = []  # providers left out, providers served on loopback
+    fleet: list[FleetProcess] = []  # every live process, from the database
+    fleet_totals: FleetTotals | None = None
+    queue_depth: int = 0
 
 
 def _ping(conn: Connection) -> None:
@@ -100,14 +106,19 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
 
     @api.get("/api/system")
     async def system() -> SystemOut:
-        """Which model answers (a simulated one says so), the beat, the version, the agents."""
+        """Which model answers (a simulated one says so), the beat, the version, the agents,
+        and the fleet: every live process, from the database, whichever dashboard answers."""
         interval = await rt.store.query(read.beat_interval, rt.settings.tick_interval)
+        rows = await rt.store.query(fleet.live, rt.clock.now(), rt.settings.lease_s)
+        procs, totals = fleet_of(rows, rt.process_id)
+        depth = await rt.store.query(queue.queue_depth)
         providers = [Endpoint(name=p.name, model=p.model, base_url=p.base_url,
                               on_loopback=p.on_loopback)
                      for p in (rt.chain.providers if rt.chain is not None else [])]
         return SystemOut(llm=rt.llm_label, simulated=rt.llm.simulated,
                          tick_interval=interval, version=version(),
                          agents=rt.registry.names(), providers=providers,
-                         notes=rt.llm_notes)
+                         notes=rt.llm_notes, fleet=procs, fleet_totals=totals,
+                         queue_depth=depth)
 
     return api

@@ -9,13 +9,14 @@ LLM provider's breaker and rate-limit headroom. Figures about this process come 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from dashboard.pages_html import esc, page
-from orchestrator import activity
+from orchestrator import activity, fleet
 from orchestrator.runtime import Runtime
 from schema import read
 from schema.models import ts
@@ -81,6 +82,30 @@ class WorkerSeen(BaseModel):
     running: int
 
 
+class FleetProcess(BaseModel):
+    """One live tickwork process, as it registered itself in the database."""
+
+    id: str
+    role: str  # up | beat | worker | dashboard
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    heartbeat_age_s: float
+    running: int
+    finished: int
+    agents: list[str] | None
+    info: dict[str, Any]
+    this: bool  # the process that answered
+
+
+class FleetTotals(BaseModel):
+    processes: int
+    by_role: dict[str, int]
+    running: int
+    finished: int
+
+
 class SystemHealth(BaseModel):
     llm: str
     simulated: bool
@@ -98,10 +123,29 @@ class SystemHealth(BaseModel):
     beat_fires: list[Fire]  # this process's most recent beat fires, newest first
     providers: list[Provider]
     recent_attempts: list[RecentAttempts]
+    fleet: list[FleetProcess] = []  # every live process, from the database
+    fleet_totals: FleetTotals | None = None
+    role: str = "up"  # this process's role
+
+
+def fleet_of(rows: list[dict[str, Any]], me: str) -> tuple[list[FleetProcess], FleetTotals]:
+    procs = [FleetProcess(id=r["id"], role=r["role"], host=r["host"], pid=r["pid"],
+                          version=r["version"], started_at=ts(r["started_at"]),
+                          heartbeat_age_s=round(max(0.0, float(r["age_s"])), 3),
+                          running=r["running"], finished=r["finished"], agents=r["agents"],
+                          info=r["info"], this=r["id"] == me) for r in rows]
+    by_role: dict[str, int] = {}
+    for p in procs:
+        by_role[p.role] = by_role.get(p.role, 0) + 1
+    return procs, FleetTotals(processes=len(procs), by_role=by_role,
+                              running=sum(p.running for p in procs),
+                              finished=sum(p.finished for p in procs))
 
 
 async def health(rt: Runtime) -> SystemHealth:
     seen = await rt.store.query(activity.recent, rt.clock.now())
+    rows = await rt.store.query(fleet.live, rt.clock.now(), rt.settings.lease_s)
+    procs, totals = fleet_of(rows, rt.process_id)
     interval = await rt.store.query(read.beat_interval, rt.settings.tick_interval)
     snap = rt.stats.snapshot(rt.clock.monotonic())
     providers = []
@@ -131,6 +175,7 @@ async def health(rt: Runtime) -> SystemHealth:
         beat_fires=[Fire(slot=f.slot, queued=f.queued, skipped=f.skipped,
                          fanout_ms=round(f.fanout_ms, 3)) for f in reversed(rt.beat.history[-10:])],
         providers=providers,
+        fleet=procs, fleet_totals=totals, role=rt.membership.role,
         recent_attempts=[RecentAttempts(provider=s.provider, attempts=s.attempts, ok=s.ok,
                                         ok_share=round(s.ok_share, 4), statuses=s.statuses)
                          for s in seen.providers])
@@ -198,6 +243,17 @@ def system_body(h: SystemHealth) -> str:
     workers = _table(["worker", "running ticks"],
                      [[esc(w.id), esc(w.running)] for w in h.workers],
                      "No worker holds a running tick.")
+    fleet_rows = [[esc(p.role) + (' <span class="badge ok">this</span>' if p.this else ""),
+                   esc(p.host), esc(p.pid), esc(p.version), esc(_s(p.heartbeat_age_s)),
+                   esc(p.running), esc(p.finished), f"<code>{esc(p.id)}</code>"]
+                  for p in h.fleet]
+    fleet_table = _table(["role", "host", "pid", "version", "heartbeat", "running",
+                          "finished", "process"], fleet_rows, "No live process registered.")
+    t = h.fleet_totals
+    fleet_sum = ("" if t is None else
+                 f'<p class="fleet-totals">{esc(t.processes)} process(es): '
+                 + esc(", ".join(f"{n} {r}" for r, n in sorted(t.by_role.items())))
+                 + f" · {esc(t.running)} tick(s) running · {esc(t.finished)} finished</p>")
     fires = _table(["slot", "queued", "skipped", "fan-out"],
                    [[esc(f.slot), esc(f.queued), esc(f.skipped), esc(_ms(f.fanout_ms))]
                     for f in h.beat_fires], "This process has not fired the beat.")
@@ -213,16 +269,29 @@ def system_body(h: SystemHealth) -> str:
     return (
         '<div id="system"><h1>System</h1>'
         f'<p class="llm">LLM chain: <span class="chain">{esc(h.llm)}</span>{sim}</p>'
-        f'<p>Beat every {esc(h.tick_interval)} s · this worker '
-        f'<code>{esc(h.worker.id)}</code> runs {esc(h.worker.running)} of at most '
-        f'{esc(h.worker.concurrency_limit)} ticks · '
+        f'<p>Beat every {esc(h.tick_interval)} s · {_this(h)} · '
         '<a href="/metrics">/metrics</a> · <a href="/api/system/health">JSON</a></p>'
+        f'<section id="fleet"><h2>Fleet</h2>{fleet_sum}{fleet_table}</section>'
         f'<section id="overview"><h2>Overview</h2>{overview}</section>'
-        f'<section id="providers"><h2>Providers</h2>{providers}'
+        f'<section id="providers"><h2>Providers</h2>{_providers_note(h)}{providers}'
         f'<h3>Last {esc(f"{h.window_s:g}")} s of LLM attempts (all workers)</h3>{recent}</section>'
         f'<section id="workers"><h2>Workers</h2>{workers}</section>'
         f'<section id="beat"><h2>Beat (this process)</h2>{fires}</section></div>'
     )
+
+
+def _this(h: SystemHealth) -> str:
+    if h.role in ("up", "worker"):
+        return (f'this {esc(h.role)} process <code>{esc(h.worker.id)}</code> runs '
+                f'{esc(h.worker.running)} of at most {esc(h.worker.concurrency_limit)} ticks')
+    return f'this {esc(h.role)} process runs no ticks (the fleet below does)'
+
+
+def _providers_note(h: SystemHealth) -> str:
+    if h.role in ("up", "worker"):
+        return ""
+    return ('<p class="note">Breakers and rate limits below are this process\'s; the workers '
+            'keep their own. The attempts further down are every worker\'s.</p>')
 
 
 def router(rt: Runtime) -> APIRouter:

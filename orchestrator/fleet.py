@@ -65,12 +65,13 @@ def deregister(conn: Connection, process_id: str) -> None:
 
 
 def live(conn: Connection, now: float, lease_s: float) -> list[dict[str, Any]]:
-    """The processes whose heartbeat is within the lease, oldest first."""
+    """The processes whose heartbeat is within the lease, oldest first, each with `age_s`:
+    how long ago it last heartbeat (on the leases' clock)."""
     now_ = dialect_of(conn).lease_now()
-    rows = conn.execute(select(t.processes)
-                        .where(t.processes.c.heartbeat_at >= now_ - lease_s)
-                        .order_by(t.processes.c.started_at, t.processes.c.id),
-                        {"now": now}).mappings()
+    p = t.processes.c
+    rows = conn.execute(select(t.processes, (now_ - p.heartbeat_at).label("age_s"))
+                        .where(p.heartbeat_at >= now_ - lease_s)
+                        .order_by(p.started_at, p.id), {"now": now}).mappings()
     out = []
     for r in rows:
         item = dict(r)
