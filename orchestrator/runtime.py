@@ -98,7 +98,7 @@ class Runtime:
             llm = chain.llm
         stats = Stats()
         process_id = f"p-{uuid.uuid4().hex[:12]}"
-        membership = Membership(store, clock, process_id, "dashboard", settings.lease_s)
+        membership = Membership(store, clock, process_id, "up", settings.lease_s)
         runner = TickRunner(store, registry, llm, clock, settings.lease_s, stats)
         worker = Worker(store, runner, bus, clock, WorkerConfig(
             max_concurrent=settings.max_concurrent_ticks, lease_s=settings.lease_s,
