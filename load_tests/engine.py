@@ -118,9 +118,12 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
     if progress:
         print(file=sys.stderr)
     with rt.db.read() as conn:
+        first_step = (select(func.min(t.steps.c.started_at))
+                      .where(t.steps.c.tick_id == t.ticks.c.id).scalar_subquery())
         rows = list(conn.execute(select(
             t.ticks.c.slot, t.ticks.c.status, t.ticks.c.scheduled_at, t.ticks.c.started_at,
-            t.ticks.c.finished_at, t.ticks.c.reason).where(t.ticks.c.trigger == "beat")))
+            t.ticks.c.finished_at, t.ticks.c.reason, first_step.label("first_step"))
+            .where(t.ticks.c.trigger == "beat")))
         # Calls that reached a provider: a skip (open breaker, rate limit) is a trace row, not
         # a call.
         calls = list(conn.execute(select(t.llm_attempts.c.started_at)
@@ -142,7 +145,9 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
     for (_, cpu0), (_, cpu1), slot in zip(fires, fires[1:], slots, strict=False):
         if by_slot.get(slot):
             cpu_per_tick.append((cpu1 - cpu0) * 1000 / by_slot[slot])
-    lateness = [(r.started_at - r.scheduled_at) * 1000 for r in started]
+    claim_lateness = [(r.started_at - r.scheduled_at) * 1000 for r in started]
+    lateness = [(r.first_step - r.scheduled_at) * 1000 for r in started
+                if r.first_step is not None]
     durations = [(r.finished_at - r.started_at) * 1000 for r in started if r.finished_at]
     count = {s: sum(1 for r in rows if r.status == s) for s in ("succeeded", "skipped", "failed")}
     busy = sum(1 for r in rows if r.status == "skipped" and r.reason == REASON_PREV_RUNNING)
@@ -162,7 +167,10 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
         "failure_reasons": dict(Counter(r.reason for r in rows
                                         if r.status in ("failed", "timed_out")).most_common(5)),
         "started_share": len(started) / (stacks * len(slots)) if slots else 0.0,
-        "lateness_ms": summary(lateness), "tick_duration_ms": summary(durations),
+        # Lateness: the first agent step beginning − the slot (when work really starts);
+        # claim lateness: the claim's timestamp − the slot.
+        "lateness_ms": summary(lateness), "claim_lateness_ms": summary(claim_lateness),
+        "tick_duration_ms": summary(durations),
         "cpu_ms_per_tick": cpu, "cpu_ms_per_tick_by_interval": cpu_per_tick,
         # Where the CPU went, per started tick over the whole run (start-up excluded).
         "cpu_ms_per_tick_by_thread": {
@@ -222,8 +230,15 @@ async def _sdk_call_cpu_ms(rt: Runtime, sim_url: str, calls: int = 100) -> float
 
 
 def run_step(stacks: int, duration: float, latency: str = "1500,3000", interval: int = 10,
-             progress: bool = True, sim_url: str | None = None, stream: bool = True
-             ) -> dict[str, Any]:
+             progress: bool = True, sim_url: str | None = None, stream: bool = True,
+             database: str | None = None) -> dict[str, Any]:
+    """One step in one process: on a fresh SQLite file, or with `database` (a PostgreSQL
+    server URL) on a fresh database there."""
+    if database is not None:
+        from load_tests.fleet import fresh_database
+        with fresh_database(database) as url:
+            return asyncio.run(_run(stacks, duration, latency, interval, url, progress,
+                                    sim_url, stream))
     with tempfile.TemporaryDirectory(prefix="tickwork-load-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'load.db'}"
         return asyncio.run(_run(stacks, duration, latency, interval, url, progress, sim_url,
@@ -237,12 +252,14 @@ def main() -> None:
     parser.add_argument("--latency", default="1500,3000", help="simulated MEDIAN[,P99] ms")
     parser.add_argument("--interval", type=int, default=10)
     parser.add_argument("--sim-url", help="use the real SDK chain against tickwork sim-llm here")
+    parser.add_argument("--database", help="a PostgreSQL server URL: run on a fresh database "
+                        "there instead of a SQLite file")
     parser.add_argument("--no-stream", action="store_true",
                         help="no event-stream client (no propagation figure)")
     parser.add_argument("--json", help="write the figures here ('-' for stdout)")
     args = parser.parse_args()
     result = run_step(args.stacks, args.duration, args.latency, args.interval,
-                      sim_url=args.sim_url, stream=not args.no_stream)
+                      sim_url=args.sim_url, stream=not args.no_stream, database=args.database)
     text = json.dumps(result, indent=2)
     if args.json == "-":
         print(text)

@@ -200,7 +200,7 @@ async def _run(role: Role, rt: Runtime, app: Any, sock: socket.socket | None) ->
             else:
                 await shutdown.requested.wait()
         finally:
-            await rt.stop()
+            await rt.stop(rt.settings.drain_grace_s)
             log.info("tickwork %s stopped", role.name)
 
 

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
                                    "share its transaction with others")
     catchup_slots: int = Field(default=6, ge=0, le=1000,
                                description="missed beat slots fanned out late")
+    drain_grace_s: float = Field(default=5.0, ge=0, le=3600,
+                                 description="on SIGTERM, how long running ticks may finish "
+                                 "before they are handed back to the queue")
     retention_days: float = Field(default=14, ge=0, le=36_500,
                                   description="finished ticks older than this are deleted "
                                   "(0: kept forever)")

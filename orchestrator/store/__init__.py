@@ -11,7 +11,7 @@ from orchestrator.store.postgres import LeaseClock, PostgresStore
 from orchestrator.store.sqlite import SQLiteStore
 from schema.db import Database
 
-__all__ = ["Claimed", "Dialect", "Journal", "Store", "open_store"]
+__all__ = ["Claimed", "Dialect", "Journal", "PostgresStore", "SQLiteStore", "Store", "open_store"]
 
 
 def open_store(db: Database, *, lease_clock: LeaseClock = "database"

@@ -1,0 +1,293 @@
+"""One load-test step on a fleet: `tickwork beat` ×B, `tickwork worker` ×N, each its own
+process, on a fresh PostgreSQL database (and Redis, with `--redis`).
+
+Figures come from outside the processes: the database (ticks, steps, attempts), each process's
+CPU (from /proc, between the first fired slot and the end), the database server's CPU, and a
+sampler that asks PostgreSQL every few milliseconds which transactions wait for a lock and for
+how long (the longest is reported; it is a lower bound, by the sampling interval).
+
+    python -m load_tests.fleet --database postgresql://postgres@127.0.0.1:5432/test \\
+        --stacks 1000 --duration 300 --workers 2 [--beats 1] [--redis URL] \\
+        [--sim-url URL] [--latency 1500,3000] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlalchemy import create_engine, insert, text
+from sqlalchemy.engine import Engine, make_url
+
+from load_tests.stats import median, summary
+from schema import tables as t
+from schema.db import normalise_url
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "load-test"
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new database on the server of `server_url`, dropped afterwards."""
+    name = f"tw_load_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+class LockSampler:
+    """Asks the server every `every_s` which backends of `database` wait for a lock."""
+
+    def __init__(self, url: str, every_s: float = 0.005) -> None:
+        self._engine = create_engine(normalise_url(url), pool_size=1)
+        self._every = every_s
+        self._stop = threading.Event()
+        self.longest_ms = 0.0
+        self.waits = 0  # samples that found a backend waiting
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LockSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._engine.dispose()
+
+    def _run(self) -> None:
+        sql = text("SELECT extract(epoch FROM clock_timestamp() - query_start) * 1000 "
+                   "FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                   "AND datname = current_database()")
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            while not self._stop.wait(self._every):
+                waited = [float(ms) for (ms,) in conn.execute(sql)]
+                if waited:
+                    self.waits += 1
+                    self.longest_ms = max(self.longest_ms, *waited)
+
+
+def _seed(engine: Engine, n: int) -> None:
+    now = time.time()
+    with engine.begin() as conn:
+        conn.execute(insert(t.stacks), [
+            {"name": f"load-{i:05d}", "goal": f"load test stack {i}",
+             "execution_state": "running", "created_at": now, "updated_at": now}
+            for i in range(n)])
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        c = psutil.Process(pid).cpu_times()
+        return float(c.user + c.system)
+    except psutil.Error:
+        return 0.0
+
+
+def _server_cpu_s() -> float:
+    """CPU of every PostgreSQL server process on this machine (all databases)."""
+    total = 0.0
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] in ("postgres", "postmaster"):
+            with contextlib.suppress(psutil.Error):
+                c = p.cpu_times()
+                total += c.user + c.system
+    return total
+
+
+class Fleet:
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def cli(self, *args: str) -> None:
+        subprocess.run([sys.executable, "-m", "orchestrator", *args], env=self.env, check=True,
+                       cwd=ROOT, stdout=subprocess.DEVNULL)
+
+    def start(self, role: str, *args: str) -> subprocess.Popen[bytes]:
+        n = sum(1 for r, _ in self.procs if r == role)
+        log = (self.log_dir / f"{role}{n}.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", role, *args],
+                                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append((role, proc))
+        return proc
+
+    def stop(self, role: str | None = None, timeout: float = 60) -> None:
+        chosen = [(r, p) for r, p in self.procs if role is None or r == role]
+        for _, p in chosen:
+            if p.poll() is None:
+                p.terminate()
+        for _, p in chosen:
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def run_step(database: str, stacks: int, duration: float, workers: int = 2, beats: int = 1,
+             interval: int = 10, latency: str = "1500,3000", redis: str | None = None,
+             sim_url: str | None = None, progress: bool = True) -> dict[str, Any]:
+    with fresh_database(database) as url, contextlib.ExitStack() as stack:
+        log_dir = Path(stack.enter_context(_tmpdir()))
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("TICKWORK_", "GROQ_", "OPENAI_"))}
+        env.update(TICKWORK_DATABASE_URL=url, TICKWORK_ADMIN_TOKEN=TOKEN,
+                   TICKWORK_TICK_INTERVAL=str(interval), TICKWORK_SIM_LATENCY_MS=latency,
+                   TICKWORK_MAX_CONCURRENT_TICKS=str(max(1000, 2 * stacks)),
+                   TICKWORK_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        if redis:
+            env["TICKWORK_REDIS_URL"] = redis
+        if sim_url:
+            env.update(GROQ_API_KEY="sim", GROQ_BASE_URL=sim_url, OPENAI_API_KEY="sim",
+                       OPENAI_BASE_URL=sim_url + "/v1")
+        fleet = Fleet(env, log_dir)
+        engine = create_engine(normalise_url(url))
+        stack.callback(engine.dispose)
+        fleet.cli("db", "upgrade")
+        _seed(engine, stacks)
+        for _ in range(workers):
+            fleet.start("worker")
+        _wait_fleet(engine, workers)
+        for _ in range(beats):
+            fleet.start("beat")
+        _wait_fleet(engine, workers + beats)
+        # Measure from the first fired slot on (start-up and the first claims excluded).
+        _wait(lambda: _scalar(engine, "SELECT count(*) FROM ticks WHERE trigger = 'beat'") > 0,
+              3 * interval + 30, "the first slot")
+        pids = {f"{role}{i}": p.pid for i, (role, p) in enumerate(fleet.procs)}
+        cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
+        server0 = _server_cpu_s()
+        began = time.time()
+        with LockSampler(url) as locks:
+            while (left := began + duration - time.time()) > 0:
+                time.sleep(min(left, 1.0))
+                if progress:
+                    print(f"\r  fleet {stacks} stacks: {time.time() - began:5.0f}/"
+                          f"{duration:.0f} s", end="", file=sys.stderr, flush=True)
+            ended = time.time()
+            cpu1 = {name: _cpu_s(pid) for name, pid in pids.items()}
+            server1 = _server_cpu_s()
+        if progress:
+            print(file=sys.stderr)
+        fleet.stop("beat")
+        _wait(lambda: _scalar(engine, "SELECT count(*) FROM ticks WHERE status IN "
+                                      "('queued', 'running')") == 0, 120, "the last ticks")
+        fleet.stop()
+        return _figures(engine, began, ended, cpu0, cpu1, server1 - server0, stacks,
+                        workers, beats, interval, latency, locks)
+
+
+@contextlib.contextmanager
+def _tmpdir() -> Iterator[str]:
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="tickwork-fleet-") as d:
+        yield d
+
+
+def _scalar(engine: Engine, sql: str, **params: Any) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(text(sql), params).scalar_one()
+
+
+def _wait(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _wait_fleet(engine: Engine, n: int) -> None:
+    _wait(lambda: _scalar(engine, "SELECT count(*) FROM processes") >= n, 60,
+          f"{n} processes to register")
+
+
+def _figures(engine: Engine, began: float, ended: float, cpu0: dict[str, float],
+             cpu1: dict[str, float], server_cpu: float, stacks: int, workers: int,
+             beats: int, interval: int, latency: str, locks: LockSampler) -> dict[str, Any]:
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(text(
+            "SELECT t.slot, t.status, t.reason, t.scheduled_at, t.started_at, t.finished_at, "
+            "t.worker_id, (SELECT min(s.started_at) FROM steps s WHERE s.tick_id = t.id) "
+            "AS first_step FROM ticks t WHERE t.trigger = 'beat' AND t.scheduled_at >= :b "
+            "AND t.scheduled_at < :e"), {"b": began, "e": ended}).mappings()]
+    slots = sorted({r["slot"] for r in rows})
+    started = [r for r in rows if r["started_at"] is not None]
+    per_worker: dict[str, Counter[int]] = {}
+    for r in started:
+        per_worker.setdefault(r["worker_id"] or "?", Counter())[r["slot"]] += 1
+    cpu = {name: round(cpu1[name] - cpu0[name], 3) for name in cpu0}
+    ticks = max(1, len(started))
+    expected = stacks * len(slots)
+    busy = sum(1 for r in rows if r["status"] == "skipped"
+               and r["reason"] == "previous tick still running")
+    return {
+        "topology": f"{beats} beat, {workers} workers on PostgreSQL", "stacks": stacks,
+        "duration_s": round(ended - began, 1), "interval_s": interval,
+        "sim_latency_ms": latency, "slots": len(slots), "ticks_expected": expected,
+        "ticks_started": len(started), "ticks_skipped_busy": busy,
+        "ticks_failed": sum(1 for r in rows if r["status"] in ("failed", "timed_out")),
+        "started_share": len(started) / expected if expected else 0.0,
+        "claim_lateness_ms": summary([(r["started_at"] - r["scheduled_at"]) * 1000
+                                      for r in started]),
+        "lateness_ms": summary([(r["first_step"] - r["scheduled_at"]) * 1000
+                                for r in started if r["first_step"] is not None]),
+        "tick_duration_ms": summary([(r["finished_at"] - r["started_at"]) * 1000
+                                     for r in started if r["finished_at"]]),
+        "ticks_per_worker_per_slot": {w: median(list(c.values()))
+                                      for w, c in sorted(per_worker.items())},
+        "ticks_per_worker": {w: sum(c.values()) for w, c in sorted(per_worker.items())},
+        "cpu_s_by_process": cpu,
+        "cpu_ms_per_tick": round(sum(cpu.values()) * 1000 / ticks, 3),
+        "cpu_ms_per_tick_by_process": {n: round(c * 1000 / ticks, 3) for n, c in cpu.items()},
+        "postgres_cpu_ms_per_tick": round(server_cpu * 1000 / ticks, 3),
+        "longest_lock_wait_ms": round(locks.longest_ms, 1),
+        "lock_wait_samples": locks.waits,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", required=True, help="a PostgreSQL server URL")
+    parser.add_argument("--stacks", type=int, required=True)
+    parser.add_argument("--duration", type=float, default=60)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--beats", type=int, default=1)
+    parser.add_argument("--interval", type=int, default=10)
+    parser.add_argument("--latency", default="1500,3000")
+    parser.add_argument("--redis")
+    parser.add_argument("--sim-url")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    result = run_step(args.database, args.stacks, args.duration, args.workers, args.beats,
+                      args.interval, args.latency, args.redis, args.sim_url)
+    out = json.dumps(result, indent=2)
+    if args.json and args.json != "-":
+        Path(args.json).write_text(out)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
