@@ -27,8 +27,12 @@ Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 class GroupCommit:
     def __init__(self, write: Callable[[], contextlib.AbstractContextManager[Connection]],
-                 executor: Executor, window_s: float = 0.0, max_group: int = 256) -> None:
+                 executor: Executor, window_s: float = 0.0, max_group: int = 256,
+                 alone: Callable[[Callable[[Connection], Any]], Any] | None = None) -> None:
+        """`alone(fn)` runs one write in its own transaction (by default in `write()`; the
+        store passes the database's, which retries transient failures)."""
         self._write = write
+        self._run_alone = alone or self._plain
         self._executor = executor
         self._window_s = window_s
         self._max = max_group
@@ -87,10 +91,13 @@ class GroupCommit:
                 pass
         return [self._alone(fn, future) for fn, future, _ in jobs]
 
+    def _plain(self, fn: Callable[[Connection], Any]) -> Any:
+        with self._write() as conn:
+            return fn(conn)
+
     def _alone(self, fn: Callable[[Connection], Any], future: asyncio.Future[Any]) -> Outcome:
         try:
-            with self._write() as conn:
-                return future, fn(conn), None
+            return future, self._run_alone(fn), None
         except Exception as exc:  # handed to the coroutine waiting for it
             return future, None, exc
 

@@ -63,7 +63,10 @@ register_default(DIALECT)
 class SQLiteStore(SQLStore):
     def __init__(self, db: Database) -> None:
         super().__init__(db, DIALECT)
-        self._group = GroupCommit(db.writer_tx, db.writer, db.group_commit_s)
+        # A group that fails runs again write by write, each retried when the failure was
+        # transient (SQLite's lock timing out).
+        self._group = GroupCommit(db.writer_tx, db.writer, db.group_commit_s,
+                                  alone=db.transact_sync)
 
     async def transact_grouped(self, fn: Callable[Concatenate[Connection, P], T],
                                *args: P.args, **kwargs: P.kwargs) -> T:
