@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from dashboard import errors, pages, routes_stacks, routes_system, sse, system
 from dashboard.auth import Authenticator
-from dashboard.session import SessionStore
+from dashboard.session import RedisSessionStore, SessionStore
 from orchestrator import fleet
 from orchestrator.runtime import Runtime
 
@@ -22,7 +22,9 @@ def create_app(rt: Runtime, *, event_backlog: int = sse.MAX_PENDING) -> FastAPI:
     """Build the web app for `rt`. `event_backlog`: how many events a slow event-stream client
     may fall behind before it is dropped (it then reconnects and resumes)."""
     auth = Authenticator(rt.admin_token)
-    sessions = SessionStore(rt.admin_token, rt.clock)
+    sessions = (RedisSessionStore(rt.admin_token, rt.clock, rt.settings.redis_url,
+                                  prefix=rt.settings.redis_prefix)
+                if rt.settings.redis_url else SessionStore(rt.admin_token, rt.clock))
     auth.checks.append(sessions.check)  # a signed-in page: session cookie + CSRF header
     tailer = sse.EventTailer(rt.store, rt.bus, rt.settings.poll_s, max_pending=event_backlog)
 

@@ -177,4 +177,6 @@ def process_part(rt: Runtime, event_clients: int, version: str) -> Process:
 async def scrape(rt: Runtime, event_clients: int, version: str) -> str:
     """One scrape: the database's counts (off the event loop), this process's counters."""
     db = await rt.store.query(read_counts)
+    for p in rt.chain.providers if rt.chain is not None else []:
+        await p.breaker.refresh()  # a breaker the fleet shares: its state now
     return render(db, process_part(rt, event_clients, version))

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, text
 
 from dashboard import metrics as metrics_text
 from dashboard.sse import EventTailer
-from dashboard.system import FleetProcess, FleetTotals, fleet_of
+from dashboard.system import FleetProcess, FleetTotals, fleet_of, wakeups
 from orchestrator import fleet
 from orchestrator.fleet import version
 from orchestrator.runtime import Runtime
@@ -29,6 +29,11 @@ PROMETHEUS_TEXT = metrics_text.CONTENT_TYPE
 
 class Status(BaseModel):
     status: str
+
+
+class Ready(BaseModel):
+    status: str
+    wakeups: str  # how wake-ups travel: "in-process", "redis", or Redis away and polling
 
 
 class NotReady(BaseModel):
@@ -76,9 +81,10 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
         """The process is up."""
         return Status(status="ok")
 
-    @api.get("/readyz", response_model=Status, responses={503: {"model": NotReady}})
+    @api.get("/readyz", response_model=Ready, responses={503: {"model": NotReady}})
     async def readyz() -> Any:
-        """The database answers (503 with the reason when it does not)."""
+        """The database answers (503 with the reason when it does not). Redis going away is
+        not an outage: `wakeups` then says so, and readers poll the database."""
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 await rt.store.query(_ping)
@@ -86,7 +92,7 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
             body = NotReady(status="unavailable",
                             error=f"database did not answer: {_reason(exc)}")
             return JSONResponse(body.model_dump(), status_code=503)
-        return Status(status="ok")
+        return Ready(status="ok", wakeups=wakeups(rt))
 
     @api.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"content": {PROMETHEUS_TEXT: {}}}})

@@ -15,6 +15,7 @@ refused with 403. API clients keep using `Authorization: Bearer`.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,8 @@ class Session:
 
 
 class SessionStore:
-    """Sessions of this process, by id; the oldest goes when there are too many."""
+    """Sessions of this process, by id; the oldest goes when there are too many. (With Redis,
+    `RedisSessionStore` keeps them where every dashboard process sees them.)"""
 
     def __init__(self, admin_token: str, clock: Clock, ttl_s: float = SESSION_TTL_S) -> None:
         self._token = admin_token.encode()
@@ -134,3 +136,52 @@ def local_path(value: str | None) -> str:
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return "/"
     return value
+
+
+class RedisSessionStore(SessionStore):
+    """Sessions kept in Redis (`{prefix}session:{id}`, expiring with the session), so a browser
+    signed in on one dashboard process is signed in on every other. Redis being away costs
+    only new sign-ins' reach: they are kept in this process meanwhile, and a session Redis
+    lost means signing in again; no data is lost either way."""
+
+    def __init__(self, admin_token: str, clock: Clock, url: str, *, prefix: str = "tickwork:",
+                 ttl_s: float = SESSION_TTL_S) -> None:
+        import redis
+
+        super().__init__(admin_token, clock, ttl_s)
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._prefix = prefix
+
+    def _key(self, sid: str) -> str:
+        return f"{self._prefix}session:{sid}"
+
+    def open(self) -> tuple[str, Session]:
+        sid, session = super().open()
+        try:
+            self._redis.set(self._key(sid), orjson.dumps(
+                {"csrf": session.csrf, "expires_at": session.expires_at}), px=int(self._ttl * 1000))
+        except Exception:  # Redis away: the session lives in this process only
+            return sid, session
+        self._sessions.pop(sid, None)
+        return sid, session
+
+    def get(self, sid: str | None) -> Session | None:
+        local = super().get(sid)
+        if local is not None or not sid:
+            return local
+        try:
+            raw = self._redis.get(self._key(sid))
+        except Exception:
+            return None
+        if raw is None:
+            return None
+        data = orjson.loads(raw)
+        if data["expires_at"] <= self._clock.now():
+            return None
+        return Session(data["csrf"], data["expires_at"])
+
+    def close(self, sid: str | None) -> None:
+        super().close(sid)
+        if sid:
+            with contextlib.suppress(Exception):
+                self._redis.delete(self._key(sid))

@@ -126,6 +126,7 @@ class SystemHealth(BaseModel):
     fleet: list[FleetProcess] = []  # every live process, from the database
     fleet_totals: FleetTotals | None = None
     role: str = "up"  # this process's role
+    wakeups: str = "in-process"  # how wake-ups travel (Redis away: polling, and why)
 
 
 def fleet_of(rows: list[dict[str, Any]], me: str) -> tuple[list[FleetProcess], FleetTotals]:
@@ -142,6 +143,15 @@ def fleet_of(rows: list[dict[str, Any]], me: str) -> tuple[list[FleetProcess], F
                               finished=sum(p.finished for p in procs))
 
 
+def wakeups(rt: Runtime) -> str:
+    """One line on how wake-ups travel between processes now."""
+    bus = rt.bus.status()
+    if bus.connected:
+        return bus.backend
+    return (f"{bus.backend} unavailable ({bus.error}); polling the database every "
+            f"{rt.settings.poll_s:g} s")
+
+
 async def health(rt: Runtime) -> SystemHealth:
     seen = await rt.store.query(activity.recent, rt.clock.now())
     rows = await rt.store.query(fleet.live, rt.clock.now(), rt.settings.lease_s)
@@ -150,7 +160,7 @@ async def health(rt: Runtime) -> SystemHealth:
     snap = rt.stats.snapshot(rt.clock.monotonic())
     providers = []
     for p in rt.chain.providers if rt.chain is not None else []:
-        b, h = p.breaker.snapshot(), p.limiter.headroom()
+        b, h = await p.breaker.refresh(), p.limiter.headroom()
         providers.append(Provider(
             name=p.name, model=p.model, label=p.label,
             breaker=Breaker(state=b.state, failures=b.failures, opened_at=ts(b.opened_at),
@@ -175,7 +185,7 @@ async def health(rt: Runtime) -> SystemHealth:
         beat_fires=[Fire(slot=f.slot, queued=f.queued, skipped=f.skipped,
                          fanout_ms=round(f.fanout_ms, 3)) for f in reversed(rt.beat.history[-10:])],
         providers=providers,
-        fleet=procs, fleet_totals=totals, role=rt.membership.role,
+        fleet=procs, fleet_totals=totals, role=rt.membership.role, wakeups=wakeups(rt),
         recent_attempts=[RecentAttempts(provider=s.provider, attempts=s.attempts, ok=s.ok,
                                         ok_share=round(s.ok_share, 4), statuses=s.statuses)
                          for s in seen.providers])
@@ -269,7 +279,8 @@ def system_body(h: SystemHealth) -> str:
     return (
         '<div id="system"><h1>System</h1>'
         f'<p class="llm">LLM chain: <span class="chain">{esc(h.llm)}</span>{sim}</p>'
-        f'<p>Beat every {esc(h.tick_interval)} s · {_this(h)} · '
+        f'<p>Beat every {esc(h.tick_interval)} s · {_this(h)} · wake-ups: '
+        f'<span class="wakeups">{esc(h.wakeups)}</span> · '
         '<a href="/metrics">/metrics</a> · <a href="/api/system/health">JSON</a></p>'
         f'<section id="fleet"><h2>Fleet</h2>{fleet_sum}{fleet_table}</section>'
         f'<section id="overview"><h2>Overview</h2>{overview}</section>'

@@ -3,8 +3,9 @@ process, on a fresh PostgreSQL database (and Redis, with `--redis`).
 
 Figures come from outside the processes: the database (ticks, steps, attempts), each process's
 CPU (from /proc, between the first fired slot and the end), the database server's CPU, and a
-sampler that asks PostgreSQL every few milliseconds which transactions wait for a lock and for
-how long (the longest is reported; it is a lower bound, by the sampling interval).
+sampler that asks PostgreSQL every few milliseconds which transactions wait for a lock and since
+when (`pg_locks.waitstart`; the longest wait seen is reported, a lower bound by the sampling
+interval).
 
     python -m load_tests.fleet --database postgresql://postgres@127.0.0.1:5432/test \\
         --stacks 1000 --duration 300 --workers 2 [--beats 1] [--redis URL] \\
@@ -76,9 +77,11 @@ class LockSampler:
         self._engine.dispose()
 
     def _run(self) -> None:
-        sql = text("SELECT extract(epoch FROM clock_timestamp() - query_start) * 1000 "
-                   "FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                   "AND datname = current_database()")
+        # pg_locks.waitstart: when each backend began waiting for a lock it has not got.
+        sql = text("SELECT extract(epoch FROM clock_timestamp() - l.waitstart) * 1000 "
+                   "FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                   "WHERE NOT l.granted AND l.waitstart IS NOT NULL "
+                   "AND d.datname = current_database()")
         with self._engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             while not self._stop.wait(self._every):

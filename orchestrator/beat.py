@@ -8,16 +8,20 @@ the slots it missed, up to `catchup`), one instance at a time, no misfire deadli
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
+from orchestrator.leadership import Leadership
 from orchestrator.slots import next_fire, slots_to_fire
+from orchestrator.store import queue
 from orchestrator.store.abc import Dialect, Store
 from orchestrator.store.prepared import Prepared
 from schema import tables as t
@@ -35,12 +39,44 @@ class Fired:
     fanout_ms: float
 
 
+LAST_SLOT = "beat_last_slot"
+
+
+def fan_out_as(conn: Connection, slot: int, interval: int, now: float, token: int | None
+               ) -> tuple[int, int] | None:
+    """Fan out `slot` as the leader holding `token` (None: a beat that runs alone), and record
+    it as the last slot fanned out. None, writing nothing, when a newer leader has fanned out
+    since (its token is larger)."""
+    m = t.meta.c
+    row = conn.execute(select(m.value).where(m.key == LAST_SLOT).with_for_update()
+                       ).scalar_one_or_none()
+    last = orjson.loads(row) if row else None
+    if token is not None and last is not None and last.get("token", 0) > token:
+        return None
+    fired = queue.fan_out(conn, slot, interval, now)
+    keep = max(slot, last["slot"]) if last is not None else slot
+    _UPSERT_META.run(conn, {"key": LAST_SLOT, "updated_at": now, "value": orjson.dumps(
+        {"slot": keep, "token": token or 0}).decode()}).close()
+    return fired
+
+
+def last_fanned_out(conn: Connection) -> int | None:
+    """The last slot any beat fanned out (a new leader catches up from there)."""
+    row = conn.execute(select(t.meta.c.value).where(t.meta.c.key == LAST_SLOT)
+                       ).scalar_one_or_none()
+    return int(orjson.loads(row)["slot"]) if row else None
+
+
 class Beat:
-    def __init__(self, store: Store, clock: Clock, interval: int, catchup: int = 6) -> None:
+    def __init__(self, store: Store, clock: Clock, interval: int, catchup: int = 6,
+                 leadership: Leadership | None = None) -> None:
         self.interval = interval
         self._store = store
         self._clock = clock
         self._catchup = catchup
+        self.leadership = leadership
+        self._token: int | None = None  # the lease this beat last fanned out under
+        self._firing = asyncio.Lock()  # one fire at a time (a scheduled one, a catch-up)
         self.last_slot: int | None = None
         self.history: list[Fired] = []  # the most recent fires, for the system view
 
@@ -50,11 +86,30 @@ class Beat:
         await self._store.transact(record_interval, self.interval, self._clock.now())
 
     async def fire(self) -> list[Fired]:
+        async with self._firing:
+            return await self._fire()
+
+    async def _fire(self) -> list[Fired]:
+        token = None
+        if self.leadership is not None:
+            if not self.leadership.leading:
+                return []  # another beat leads
+            token = self.leadership.token
+            if token != self._token:  # newly leading: catch up from where the last one was
+                self._token = token
+                recorded = await self._store.query(last_fanned_out)
+                if recorded is not None:
+                    self.last_slot = recorded
         fired = []
         for slot in slots_to_fire(self.last_slot, self._clock.now(), self.interval,
                                   self._catchup):
             started = self._clock.monotonic()
-            queued, skipped = await self._store.fan_out(slot, self.interval, self._clock.now())
+            done = await self._store.transact(fan_out_as, slot, self.interval,
+                                              self._clock.now(), token)
+            if done is None:
+                log.info("a newer beat leader fanned out meanwhile; this one stops")
+                break
+            queued, skipped = done
             self.last_slot = slot
             fired.append(Fired(slot, queued, skipped,
                                (self._clock.monotonic() - started) * 1000))

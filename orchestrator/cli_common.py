@@ -225,7 +225,16 @@ def admin(label: Callable[[str], str] = str) -> Iterator[Admin]:
     """Settings, the database and user-error handling, for one short command."""
     settings = load_settings()
     with open_database(settings) as db, user_errors(label):
-        yield Admin(settings, db)
+        publisher = None
+        if settings.redis_url:
+            from orchestrator.bus.redis import CommandPublisher
+            publisher = CommandPublisher(settings.redis_url, prefix=settings.redis_prefix)
+            db.add_commit_listener(publisher.publish)
+        try:
+            yield Admin(settings, db)
+        finally:
+            if publisher is not None:
+                publisher.close()
 
 
 # -- output -------------------------------------------------------------------------------

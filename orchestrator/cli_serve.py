@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from alembic.util.exc import CommandError
 from rich.text import Text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from agents.registry import AgentRegistry
 from orchestrator.cli_common import console, database_message, fail, mask_url, open_database
 from orchestrator.config import Settings
 from orchestrator.runtime import Runtime
+from schema.db import normalise_url
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -125,6 +127,16 @@ class Shutdown:
 # -- running ------------------------------------------------------------------------------
 
 
+def require_token(settings: Settings) -> None:
+    """Every process of a fleet must accept the same token: with a database other than SQLite,
+    a role refuses to start without TICKWORK_ADMIN_TOKEN instead of inventing its own."""
+    backend = make_url(normalise_url(settings.database_url)).get_backend_name()
+    if settings.admin_token is None and backend != "sqlite":
+        fail("TICKWORK_ADMIN_TOKEN is not set: with a database other than SQLite every "
+             "tickwork process needs the same admin token (set it to a long random value, "
+             "e.g. the output of `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+
+
 def _runtime(role: Role, settings: Settings) -> Runtime:
     try:
         registry = AgentRegistry.default(settings.agent_paths)
@@ -151,9 +163,13 @@ def banner(role: Role, rt: Runtime, url: str | None) -> None:
     lines: list[tuple[str, Text | str]] = []
     if url:
         lines.append(("dashboard", Text(url, style="bold cyan")))
-        note = ("  (generated: set TICKWORK_ADMIN_TOKEN to keep it)"
-                if rt.settings.admin_token is None else "  (from TICKWORK_ADMIN_TOKEN)")
-        lines.append(("admin token", Text.assemble((rt.admin_token, "bold"), (note, "dim"))))
+        if rt.settings.admin_token is None:
+            lines.append(("admin token", Text.assemble(
+                (rt.admin_token, "bold"),
+                ("  (generated: set TICKWORK_ADMIN_TOKEN to keep it)", "dim"))))
+        else:  # a configured token is never printed
+            lines.append(("admin token", Text("from TICKWORK_ADMIN_TOKEN (not shown)",
+                                              style="dim")))
     lines.append(("database", mask_url(rt.settings.database_url)))
     if role.beat:
         lines.append(("beat", f"every {rt.settings.tick_interval} s"))
@@ -206,6 +222,7 @@ async def _run(role: Role, rt: Runtime, app: Any, sock: socket.socket | None) ->
 
 def serve(role: Role, settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run `role` until SIGINT or SIGTERM."""
+    require_token(settings)
     sock = bind(host, port) if role.http else None
     try:
         rt = _runtime(role, settings)

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///tickwork.db"
     redis_url: str | None = None
+    redis_prefix: str = Field(default="tickwork:", min_length=1, max_length=64,
+                              description="the prefix of every Redis key and channel")
     tick_interval: int = Field(default=10, ge=1, le=86_400, description="the beat, seconds")
     lease_s: float = Field(default=30.0, gt=0, le=3600, description="a claimed tick's lease")
     max_concurrent_ticks: int = Field(default=1000, ge=1, le=100_000)

@@ -13,17 +13,21 @@ import gc
 import logging
 import secrets
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from agents.llm.base import LLM
 from agents.llm.chain import Chain, ChainOptions, build_chain
+from agents.llm.shared import SharedLimits
 from agents.llm.sim import SimulatedLLM
 from agents.registry import AgentRegistry
 from orchestrator.beat import Beat, BeatScheduler
-from orchestrator.bus import InProcessBus
+from orchestrator.bus import open_bus
 from orchestrator.config import ProviderEnv, Settings
 from orchestrator.fleet import Membership
+from orchestrator.interfaces import Bus
+from orchestrator.leadership import DatabaseElector, Elector, Leadership, RedisElector
 from orchestrator.reaper import Reaper
 from orchestrator.retention import Retention
 from orchestrator.runner import TickRunner
@@ -48,13 +52,20 @@ def chain_options(settings: Settings) -> ChainOptions:
         openai_tpm=settings.openai_tpm, prices=prices)
 
 
-def build_llm(settings: Settings, clock: Clock, env: Mapping[str, str] | None = None) -> Chain:
+def build_llm(settings: Settings, clock: Clock, env: Mapping[str, str] | None = None,
+              workers: Callable[[], int] = lambda: 1) -> Chain:
     """The model chain from TICKWORK_LLM_CHAIN and the providers' keys; with no key set, the
-    simulated model serves (and says so)."""
+    simulated model serves (and says so). With Redis, its limits and breakers are the
+    fleet's (`workers`: how many share a provider's limit while Redis is away)."""
     sim = SimulatedLLM(clock, settings.sim_latency, settings.sim_seed)
     provider_env = ProviderEnv().as_env() if env is None else dict(env)
-    return build_chain(settings.llm_chain, provider_env, clock, chain_options(settings),
-                       fallback=sim)
+    shared = (SharedLimits(settings.redis_url, clock, prefix=settings.redis_prefix,
+                           workers=workers) if settings.redis_url else None)
+    chain = build_chain(settings.llm_chain, provider_env, clock, chain_options(settings),
+                        fallback=sim, shared=shared)
+    if shared is not None:
+        chain.closers.append(shared.aclose)
+    return chain
 
 
 @dataclass
@@ -63,7 +74,7 @@ class Runtime:
     clock: Clock
     db: Database
     store: Store
-    bus: InProcessBus
+    bus: Bus
     registry: AgentRegistry
     llm: LLM
     chain: Chain | None
@@ -77,6 +88,7 @@ class Runtime:
     stats: Stats = field(default_factory=Stats)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _scheduler: BeatScheduler | None = None
+    _redis: Any = None
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, *, migrate: bool = True,
@@ -89,16 +101,17 @@ class Runtime:
         if migrate:
             upgrade(db)
         store = open_store(db, lease_clock=settings.lease_clock)
-        bus = InProcessBus(clock)
+        process_id = f"p-{uuid.uuid4().hex[:12]}"
+        bus = open_bus(settings.redis_url, clock, prefix=settings.redis_prefix,
+                       sender=process_id)
         db.add_commit_listener(bus.publish)
         registry = registry or AgentRegistry.default(settings.agent_paths)
+        membership = Membership(store, clock, process_id, "up", settings.lease_s)
         chain: Chain | None = None
         if llm is None:
-            chain = build_llm(settings, clock, env)
+            chain = build_llm(settings, clock, env, workers=lambda: membership.workers)
             llm = chain.llm
         stats = Stats()
-        process_id = f"p-{uuid.uuid4().hex[:12]}"
-        membership = Membership(store, clock, process_id, "up", settings.lease_s)
         runner = TickRunner(store, registry, llm, clock, settings.lease_s, stats)
         worker = Worker(store, runner, bus, clock, WorkerConfig(
             max_concurrent=settings.max_concurrent_ticks, lease_s=settings.lease_s,
@@ -147,10 +160,12 @@ class Runtime:
         `scheduler=False` the beat is not put on APScheduler: the caller fires
         `self.beat.fire()` itself (tests, benchmarks)."""
         self.bus.bind(asyncio.get_running_loop())
+        await self.bus.start()
         info: dict[str, object] = {}
         if beat:
             await self.beat.record_interval()
             info["beat_interval"] = self.beat.interval
+            await self._lead()
         if worker:
             info.update(concurrency=self.settings.max_concurrent_ticks, llm=self.llm_label)
         m = self.membership
@@ -174,6 +189,30 @@ class Runtime:
             self._scheduler = BeatScheduler(self.beat, self.clock)
             self._scheduler.start()
 
+    async def _lead(self) -> None:
+        """Take part in choosing the one beat that fans out (the lease is kept for half an
+        interval, so another beat takes over within one interval of a leader dying)."""
+        ttl = max(0.5, self.beat.interval / 2)
+        me = self.process_id
+        elector: Elector = DatabaseElector(self.store, self.clock, me, ttl)
+        if self.settings.redis_url:
+            import redis.asyncio as aioredis
+            self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=2,
+                                                  socket_connect_timeout=1)
+            elector = RedisElector(self._redis, self.settings.redis_prefix, me, ttl, elector)
+        leadership = self.beat.leadership = Leadership(elector, self.clock, ttl)
+        await leadership.attempt_once()  # leading from the start: the first slot as usual
+        leadership.on_lead = self._caught_up  # taking over later: catch up at once
+        self._spawn(self.beat.leadership.run(), "leadership")
+
+    async def _caught_up(self) -> None:
+        """Newly leading: fan out the slots missed since the last leader, now."""
+        try:
+            await self.beat.fire()
+        except Exception as exc:
+            log.warning("catching up the missed slots failed (%s); the next fire does",
+                        type(exc).__name__)
+
     def stop_beat(self) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown()
@@ -187,6 +226,11 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.beat.leadership is not None:
+            await self.beat.leadership.resign()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
         await self.membership.stop()
         await self.bus.close()
         if self.chain is not None:

@@ -410,7 +410,7 @@ def test_system_health_and_metrics(runtime: Runtime) -> None:
         assert system["version"]
         assert set(TEAM) <= set(system["agents"])
         assert (await client.get("/livez")).json() == {"status": "ok"}
-        assert (await client.get("/readyz")).json() == {"status": "ok"}
+        assert (await client.get("/readyz")).json() == {"status": "ok", "wakeups": "in-process"}
 
         await create(client, name="a")
         await create(client, name="b", paused=True)

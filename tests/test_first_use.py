@@ -276,3 +276,10 @@ def test_providers_on_loopback_are_named_and_requests_are_not_logged(procs: Proc
          30, "a tick through the SDKs to succeed")
     assert up.stop() == 0
     assert "HTTP Request" not in up.err()
+
+
+def test_a_fleet_role_needs_the_admin_token(clean_env: None) -> None:
+    url = "postgresql://postgres@127.0.0.1:5432/test"
+    for role in (["worker"], ["beat"], ["dashboard", "--port", "0"], ["up", "--port", "0"]):
+        err = Cli()(*role, env={"TICKWORK_DATABASE_URL": url}, code=1).stderr
+        assert "TICKWORK_ADMIN_TOKEN is not set" in err

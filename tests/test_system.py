@@ -53,7 +53,7 @@ def trip(rt: Runtime) -> None:
     assert rt.chain is not None
     breaker = rt.chain.providers[0].breaker
     for _ in range(breaker.threshold):
-        breaker.failed(Permit.CALL)
+        asyncio.run(breaker.failed(Permit.CALL))
 
 
 def test_health_json_shows_breakers_headroom_and_workers(chained: Runtime,

@@ -14,9 +14,10 @@ health, and neither counts nor resets the count.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from agents.llm.base import (
     AuthError,
@@ -49,6 +50,28 @@ class BreakerState:
     opened_at: float | None  # seconds since the epoch when it last opened
     probe_in_s: float | None  # while open: how long until a probe is let through
     probing: bool  # half-open with the probe in flight
+
+
+class Breaker(Protocol):
+    """A provider's breaker: this process's (`CircuitBreaker`) or the fleet's
+    (`shared.RedisBreaker`)."""
+
+    threshold: int
+    cooldown_s: float
+
+    async def allow(self) -> Permit | None: ...
+
+    async def succeeded(self, permit: Permit) -> None: ...
+
+    async def failed(self, permit: Permit) -> None: ...
+
+    async def released(self, permit: Permit) -> None: ...
+
+    async def refresh(self) -> BreakerState:
+        """The current state, read from wherever it is kept."""
+
+    def snapshot(self) -> BreakerState:
+        """The state as last known, without asking anyone."""
 
 
 def counts_as_failure(error: ProviderError) -> bool:
@@ -85,7 +108,10 @@ class CircuitBreaker:
         return BreakerState(state, self._failures, self._opened_at, probe_in,
                             state == "half_open" and self._probing)
 
-    def allow(self) -> Permit | None:
+    async def refresh(self) -> BreakerState:
+        return self.snapshot()
+
+    async def allow(self) -> Permit | None:
         """Let a call through (closed; or half-open and nobody probing), or None to skip."""
         state = self.state
         if state == "closed":
@@ -95,7 +121,7 @@ class CircuitBreaker:
         self._probing = True
         return Permit.PROBE
 
-    def succeeded(self, permit: Permit) -> None:
+    async def succeeded(self, permit: Permit) -> None:
         if permit is Permit.PROBE:
             self._open, self._probing, self._failures = False, False, 0
         elif not self._open:
@@ -103,7 +129,7 @@ class CircuitBreaker:
         # A call let through before the breaker opened proves little about now: only the
         # probe closes an open breaker.
 
-    def failed(self, permit: Permit) -> None:
+    async def failed(self, permit: Permit) -> None:
         if permit is Permit.PROBE:
             self._probing = False
             self._failures += 1
@@ -113,7 +139,7 @@ class CircuitBreaker:
             if self._failures >= self.threshold:
                 self._trip()
 
-    def released(self, permit: Permit) -> None:
+    async def released(self, permit: Permit) -> None:
         """The call ended without a verdict (bad request, skipped, cancelled)."""
         if permit is Permit.PROBE:
             self._probing = False
@@ -127,15 +153,15 @@ class CircuitBreaker:
 class BreakerLLM(WrapperLLM):
     """Skips the provider while its breaker is open; reports each call's outcome to it."""
 
-    def __init__(self, inner: ProviderLLM, breaker: CircuitBreaker, clock: Clock) -> None:
+    def __init__(self, inner: ProviderLLM, breaker: Breaker, clock: Clock) -> None:
         super().__init__(inner)
         self.breaker = breaker
         self._clock = clock
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        permit = self.breaker.allow()
+        permit = await self.breaker.allow()
         if permit is None:
-            snap = self.breaker.snapshot()
+            snap = await self.breaker.refresh()
             when = (f"next probe in {snap.probe_in_s:.1f} s" if snap.probe_in_s is not None
                     else "a probe is in flight")
             message = (f"{self.provider} circuit open after {snap.failures} consecutive "
@@ -146,12 +172,12 @@ class BreakerLLM(WrapperLLM):
             response = await self.inner.complete(request)
         except ProviderError as exc:
             if counts_as_failure(exc):
-                self.breaker.failed(permit)
+                await self.breaker.failed(permit)
             else:
-                self.breaker.released(permit)
+                await self.breaker.released(permit)
             raise
         except BaseException:
-            self.breaker.released(permit)
+            await asyncio.shield(self.breaker.released(permit))
             raise
-        self.breaker.succeeded(permit)
+        await self.breaker.succeeded(permit)
         return response

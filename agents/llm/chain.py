@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from agents.llm.adapter import ChatAdapter
 from agents.llm.base import LLM
-from agents.llm.breaker import BreakerLLM, CircuitBreaker
+from agents.llm.breaker import Breaker, BreakerLLM, CircuitBreaker
 from agents.llm.fallback import FallbackLLM
 from agents.llm.groq_adapter import GroqLLM
 from agents.llm.openai_adapter import OpenAILLM
@@ -41,6 +41,7 @@ from agents.llm.pricing import PriceLike, PriceTable
 from agents.llm.providers import GroqProvider, OpenAIProvider, Provider
 from agents.llm.ratelimit import Limiter, RateLimitedLLM, RateLimiter
 from agents.llm.retry import RetryingLLM, RetryPolicy
+from agents.llm.shared import SharedLimits
 from schema.clock import Clock
 
 CHAIN_VAR = "TICKWORK_LLM_CHAIN"
@@ -143,7 +144,7 @@ class ChainProvider:
 
     name: str
     model: str
-    breaker: CircuitBreaker
+    breaker: Breaker
     limiter: Limiter
     llm: LLM
     base_url: str = ""
@@ -170,6 +171,7 @@ class Chain:
     providers: list[ChainProvider] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     clients: list[Provider] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def simulated(self) -> bool:
@@ -190,12 +192,17 @@ class Chain:
         clients, self.clients = self.clients, []
         for client in clients:
             await client.aclose()
+        closers, self.closers = self.closers, []
+        for close in closers:
+            await close()
 
 
 def build_chain(spec: str, env: Mapping[str, str], clock: Clock, options: ChainOptions,
-                *, fallback: LLM | None = None, rng: random.Random | None = None) -> Chain:
+                *, fallback: LLM | None = None, rng: random.Random | None = None,
+                shared: SharedLimits | None = None) -> Chain:
     """The composed chain for `spec` (TICKWORK_LLM_CHAIN; empty means the default). `env` holds
-    the SDK variables (the composition root passes os.environ). `rng` draws the retry jitter."""
+    the SDK variables (the composition root passes os.environ). `rng` draws the retry jitter.
+    With `shared`, every provider's limiter and breaker live in Redis, shared by the fleet."""
     entries = parse_spec(spec or DEFAULT_CHAIN)
     prices = PriceTable(options.prices)
     policy = options.retry_policy
@@ -216,9 +223,13 @@ def build_chain(spec: str, env: Mapping[str, str], clock: Clock, options: ChainO
             notes.append(f"no price for {name}:{model}; its calls are recorded as costing 0")
         adapter = kind.adapter(provider.client, model, clock, prices)
         rpm, tpm = options.limits(name)
-        limiter = RateLimiter(rpm, tpm, clock)
+        limiter: Limiter = (shared.limiter(name, model, rpm, tpm) if shared is not None
+                            else RateLimiter(rpm, tpm, clock))
         adapter.add_listener(limiter.observe_headers)
-        breaker = CircuitBreaker(options.breaker_threshold, options.breaker_cooldown_s, clock)
+        breaker: Breaker = (
+            shared.breaker(name, model, options.breaker_threshold, options.breaker_cooldown_s)
+            if shared is not None else
+            CircuitBreaker(options.breaker_threshold, options.breaker_cooldown_s, clock))
         llm = BreakerLLM(RetryingLLM(RateLimitedLLM(adapter, limiter, clock), policy, clock,
                                      random.Random(rng.random())), breaker, clock)
         members.append(ChainProvider(name, model, breaker, limiter, llm, provider.base_url))

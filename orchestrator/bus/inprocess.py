@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 
+from orchestrator.interfaces import BusStatus
 from schema.clock import Clock
 
 
@@ -52,6 +53,12 @@ class InProcessBus:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
+    async def start(self) -> None:
+        return None
+
+    def status(self) -> BusStatus:
+        return BusStatus("in-process", True)
+
     def subscribe(self, topic: str) -> InProcessSubscription:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
@@ -72,6 +79,10 @@ class InProcessBus:
         else:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(self._deliver, topics)
+
+    def deliver(self, topics: frozenset[str]) -> None:
+        """Wake this process's subscribers of `topics` (on the bound loop)."""
+        self._deliver(topics)
 
     def _deliver(self, topics: frozenset[str]) -> None:
         for topic in topics:

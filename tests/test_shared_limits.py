@@ -1,0 +1,125 @@
+"""Provider limits and breakers shared through Redis (a server of the test's own): what one
+worker spends, every worker counts; failures seen by one open the breaker for all, and one
+probe goes out fleet-wide. With Redis away, each falls back to a conservative local share."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from agents.llm.breaker import Permit
+from agents.llm.ratelimit import Refusal, Reservation
+from agents.llm.shared import RedisBreaker, RedisLimiter
+from schema.clock import SystemClock
+from tests.redis_helpers import PrivateRedis, private_redis
+
+__all__ = ["private_redis"]  # fixture
+
+KEY = "t:limit:groq:llama"
+
+
+def _client(server: PrivateRedis) -> aioredis.Redis:
+    return aioredis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+
+
+def test_the_fleet_stays_under_the_provider_limit(private_redis: PrivateRedis) -> None:
+    async def scenario() -> None:
+        a, b = _client(private_redis), _client(private_redis)
+        clock = SystemClock()
+        one, two = (RedisLimiter(c, KEY, 3, None, clock) for c in (a, b))
+        grants = [await one.acquire(10), await two.acquire(10), await one.acquire(10)]
+        assert all(isinstance(g, Reservation) for g in grants)
+        refused = await two.acquire(10)
+        assert isinstance(refused, Refusal) and "3 requests per minute used by the fleet" \
+            in refused.reason
+        assert 50 < refused.wait_s <= 60
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_tokens_are_counted_fleet_wide_and_settled_to_what_was_used(
+        private_redis: PrivateRedis) -> None:
+    async def scenario() -> None:
+        a, b = _client(private_redis), _client(private_redis)
+        clock = SystemClock()
+        one, two = (RedisLimiter(c, KEY, None, 1000, clock) for c in (a, b))
+        first = await one.acquire(600)
+        assert isinstance(first, Reservation)
+        assert isinstance(await two.acquire(600), Refusal)  # 1,200 > 1,000
+        await one.settle(first, 100)  # the call used far less than estimated
+        assert isinstance(await two.acquire(600), Reservation)
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_429_seen_by_one_holds_off_every_worker(private_redis: PrivateRedis) -> None:
+    async def scenario() -> None:
+        a, b = _client(private_redis), _client(private_redis)
+        clock = SystemClock()
+        one, two = (RedisLimiter(c, KEY, None, None, clock) for c in (a, b))
+        await one.rate_limited(2.0)
+        refused = await two.acquire(1)
+        assert isinstance(refused, Refusal) and "429" in refused.reason
+        assert 1.0 < refused.wait_s <= 2.0
+        await one.observe_headers({"x-ratelimit-remaining-requests": "0",
+                                   "x-ratelimit-reset-requests": "30s"})
+        await b.delete(f"{KEY}:state")  # (the 429 forgotten; the header alone decides)
+        await one.observe_headers({"x-ratelimit-remaining-requests": "0",
+                                   "x-ratelimit-reset-requests": "30s"})
+        refused = await two.acquire(1)
+        assert isinstance(refused, Refusal) and "no requests left" in refused.reason
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_failures_seen_by_one_open_the_breaker_for_all_and_one_probe_goes_out(
+        private_redis: PrivateRedis) -> None:
+    async def scenario() -> None:
+        a, b = _client(private_redis), _client(private_redis)
+        clock = SystemClock()
+        one, two = (RedisBreaker(c, "t:breaker:groq:llama", 2, 0.3, clock) for c in (a, b))
+        for _ in range(2):
+            permit = await one.allow()
+            assert permit is Permit.CALL
+            await one.failed(permit)
+        assert await two.allow() is None  # open for every worker
+        assert (await two.refresh()).state == "open"
+        deadline = time.monotonic() + 5
+        while (await two.refresh()).state != "half_open":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        permits = [await one.allow(), await two.allow(), await one.allow()]
+        assert permits.count(Permit.PROBE) == 1 and permits.count(None) == 2
+        prober = one if permits[0] is Permit.PROBE else two
+        await prober.succeeded(Permit.PROBE)
+        assert await two.allow() is Permit.CALL and await one.allow() is Permit.CALL
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_with_redis_away_each_worker_keeps_a_conservative_share(
+        private_redis: PrivateRedis) -> None:
+    async def scenario() -> None:
+        client = _client(private_redis)
+        limiter = RedisLimiter(client, KEY, 4, None, SystemClock(), workers=lambda: 2)
+        breaker = RedisBreaker(client, "t:breaker:x", 1, 30, SystemClock())
+        private_redis.stop()
+        grants = [await limiter.acquire(1) for _ in range(3)]
+        assert [isinstance(g, Reservation) for g in grants] == [True, True, False]  # 4 / 2
+        permit = await breaker.allow()  # this process's breaker decides alone
+        assert permit is Permit.CALL
+        await breaker.failed(permit)
+        assert await breaker.allow() is None
+        await client.aclose()
+
+    asyncio.run(scenario())
