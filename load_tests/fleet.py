@@ -1,7 +1,10 @@
-"""One load-test step on a fleet: `tickwork beat` ×B, `tickwork worker` ×N, each its own
-process, on a fresh PostgreSQL database (and Redis, with `--redis`).
+"""One load-test step on a fleet: `tickwork beat` ×B, `tickwork worker` ×N and a `tickwork
+dashboard` whose event stream another process reads, each its own process, on a fresh
+PostgreSQL database (and Redis, with `--redis`).
 
-Figures come from outside the processes: the database (ticks, steps, attempts), each process's
+Figures come from outside the processes: the database (ticks, steps, attempts), the stream
+client (each event's arrival minus its commit stamp: worker commit → dashboard client), each
+process's
 CPU (from /proc, between the first fired slot and the end), the database server's CPU, and a
 sampler that asks PostgreSQL every few milliseconds which transactions wait for a lock and since
 when (`pg_locks.waitstart`; the longest wait seen is reported, a lower bound by the sampling
@@ -33,6 +36,7 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import Engine, make_url
 
 from load_tests.stats import median, summary
+from load_tests.stream import StreamClient, free_port
 from schema import tables as t
 from schema.db import normalise_url
 
@@ -151,7 +155,8 @@ class Fleet:
 
 def run_step(database: str, stacks: int, duration: float, workers: int = 2, beats: int = 1,
              interval: int = 10, latency: str = "1500,3000", redis: str | None = None,
-             sim_url: str | None = None, progress: bool = True) -> dict[str, Any]:
+             sim_url: str | None = None, progress: bool = True, stream: bool = True
+             ) -> dict[str, Any]:
     with fresh_database(database) as url, contextlib.ExitStack() as stack:
         log_dir = Path(stack.enter_context(_tmpdir()))
         env = {k: v for k, v in os.environ.items()
@@ -173,9 +178,16 @@ def run_step(database: str, stacks: int, duration: float, workers: int = 2, beat
         for _ in range(workers):
             fleet.start("worker")
         _wait_fleet(engine, workers)
+        client: StreamClient | None = None
+        if stream:
+            port = free_port()
+            fleet.start("dashboard", "--port", str(port))
+            _wait_fleet(engine, workers + 1)
+            client = StreamClient(f"http://127.0.0.1:{port}/api/events",
+                                  duration + 3 * interval + 60)
         for _ in range(beats):
             fleet.start("beat")
-        _wait_fleet(engine, workers + beats)
+        _wait_fleet(engine, workers + beats + (1 if stream else 0))
         # Measure from the first fired slot on (start-up and the first claims excluded).
         _wait(lambda: _scalar(engine, "SELECT count(*) FROM ticks WHERE trigger = 'beat'") > 0,
               3 * interval + 30, "the first slot")
@@ -194,12 +206,32 @@ def run_step(database: str, stacks: int, duration: float, workers: int = 2, beat
             server1 = _server_cpu_s()
         if progress:
             print(file=sys.stderr)
+        seen = client.stop() if client is not None else []
         fleet.stop("beat")
         _wait(lambda: _scalar(engine, "SELECT count(*) FROM ticks WHERE status IN "
                                       "('queued', 'running')") == 0, 120, "the last ticks")
         fleet.stop()
-        return _figures(engine, began, ended, cpu0, cpu1, server1 - server0, stacks,
-                        workers, beats, interval, latency, locks)
+        figures = _figures(engine, began, ended, cpu0, cpu1, server1 - server0, stacks,
+                           workers, beats, interval, latency, locks)
+        figures["propagation_ms"] = (summary(_propagation(engine, seen, began, ended))
+                                     if stream else None)
+        figures["stream_events"] = len(seen)
+        figures["wakeups"] = "redis" if redis else "polling"
+        figures["llm"] = "chain" if sim_url else "inprocess"
+        return figures
+
+
+def _propagation(engine: Engine, seen: list[tuple[int, float]], began: float,
+                 ended: float) -> list[float]:
+    """Arrival at the dashboard's client − the event's commit stamp (written by the process
+    that committed it, a worker or the beat), for the events of the measured window."""
+    if not seen:
+        return []
+    with engine.connect() as conn:
+        stamped = dict(conn.execute(text(
+            "SELECT id, created_at FROM events WHERE created_at >= :b AND created_at < :e"),
+            {"b": began, "e": ended}).all())
+    return [(arrived - stamped[i]) * 1000 for i, arrived in seen if i in stamped]
 
 
 @contextlib.contextmanager
@@ -251,6 +283,8 @@ def _figures(engine: Engine, began: float, ended: float, cpu0: dict[str, float],
         "duration_s": round(ended - began, 1), "interval_s": interval,
         "sim_latency_ms": latency, "slots": len(slots), "ticks_expected": expected,
         "ticks_started": len(started), "ticks_skipped_busy": busy,
+        "ticks_succeeded": sum(1 for r in rows if r["status"] == "succeeded"),
+        "ticks_skipped": sum(1 for r in rows if r["status"] == "skipped"),
         "ticks_failed": sum(1 for r in rows if r["status"] in ("failed", "timed_out")),
         "started_share": len(started) / expected if expected else 0.0,
         "claim_lateness_ms": summary([(r["started_at"] - r["scheduled_at"]) * 1000
@@ -268,7 +302,19 @@ def _figures(engine: Engine, began: float, ended: float, cpu0: dict[str, float],
         "postgres_cpu_ms_per_tick": round(server_cpu * 1000 / ticks, 3),
         "longest_lock_wait_ms": round(locks.longest_ms, 1),
         "lock_wait_samples": locks.waits,
+        "llm_attempts_by_provider": _attempts(engine, began, ended),
     }
+
+
+def _attempts(engine: Engine, began: float, ended: float) -> dict[str, dict[str, int]]:
+    """LLM attempts of the window by provider and status (429s are `rate_limited`)."""
+    out: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for provider, status, n in conn.execute(text(
+                "SELECT provider, status, count(*) FROM llm_attempts WHERE started_at >= :b "
+                "AND started_at < :e GROUP BY provider, status"), {"b": began, "e": ended}):
+            out.setdefault(provider, {})[status] = int(n)
+    return out
 
 
 def main() -> None:
@@ -282,10 +328,13 @@ def main() -> None:
     parser.add_argument("--latency", default="1500,3000")
     parser.add_argument("--redis")
     parser.add_argument("--sim-url")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="no dashboard and no event-stream client (no propagation figure)")
     parser.add_argument("--json")
     args = parser.parse_args()
     result = run_step(args.database, args.stacks, args.duration, args.workers, args.beats,
-                      args.interval, args.latency, args.redis, args.sim_url)
+                      args.interval, args.latency, args.redis, args.sim_url,
+                      stream=not args.no_stream)
     out = json.dumps(result, indent=2)
     if args.json and args.json != "-":
         Path(args.json).write_text(out)

@@ -24,17 +24,20 @@ from orchestrator.runtime import Runtime
 from schema import tables as t
 
 
-def _reader(url: str, stop_at: float, out: Any) -> None:
-    """The client process: read the stream until `stop_at`; send [(id, arrival), ...]."""
+def _reader(url: str, stop_at: float, out: Any, stop: Any = None) -> None:
+    """The client process: read the stream until `stop_at` (or `stop` is set); send
+    [(id, arrival), ...]."""
     seen: list[tuple[int, float]] = []
-    with httpx.Client(timeout=httpx.Timeout(5.0, read=30.0)) as client, \
-            client.stream("GET", url) as response:
-        for line in response.iter_lines():
-            if line.startswith("id:"):
-                seen.append((int(line[3:].strip()), time.time()))
-            if time.time() >= stop_at:
-                break
-    out.put(seen)
+    try:
+        with httpx.Client(timeout=httpx.Timeout(5.0, read=30.0)) as client, \
+                client.stream("GET", url) as response:
+            for line in response.iter_lines():
+                if line.startswith("id:"):
+                    seen.append((int(line[3:].strip()), time.time()))
+                if time.time() >= stop_at or (stop is not None and stop.is_set()):
+                    break
+    finally:
+        out.put(seen)
 
 
 def free_port() -> int:
@@ -69,9 +72,27 @@ class StreamClient:
     def __init__(self, url: str, seconds: float) -> None:
         ctx = mp.get_context("spawn")
         self._results: Any = ctx.Queue()
+        self._stop = ctx.Event()
         self._proc = ctx.Process(target=_reader, args=(url, time.time() + seconds,
-                                                       self._results))
+                                                       self._results, self._stop))
         self._proc.start()
+
+    def stop(self, timeout: float = 15) -> list[tuple[int, float]]:
+        """End the reader now (from code without an event loop); what it saw."""
+        self._stop.set()
+        seen: list[tuple[int, float]] = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                seen = self._results.get(timeout=0.5)
+                break
+            except Exception:  # queue.Empty
+                if not self._proc.is_alive():
+                    break
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.kill()
+        return seen
 
     async def arrivals(self) -> list[tuple[int, float]]:
         """Wait for the reader to finish; (event id, arrival time) in arrival order."""

@@ -49,7 +49,10 @@ FIELDS = ("llm", "stacks", "duration_s", "interval_s", "ticks_expected", "ticks_
           "ticks_skipped_busy", "failure_reasons", "cpu_ms_per_tick_without_sdk",
           "sdk_cpu_ms_per_call", "cpu_ms_per_tick_by_thread", "cpu_ms_per_tick_by_interval",
           "fallbacks", "db_rows_per_s", "db_rows", "stream_events", "sim_latency_ms", "slots",
-          "rss_anon_mb")
+          "rss_anon_mb", "claim_lateness_ms")
+FLEET_FIELDS = ("topology", "wakeups", "ticks_per_worker", "ticks_per_worker_per_slot",
+                "cpu_ms_per_tick_by_process", "postgres_cpu_ms_per_tick",
+                "longest_lock_wait_ms", "llm_attempts_by_provider")
 
 
 @contextlib.contextmanager
@@ -86,11 +89,15 @@ def sim_llm(latency: str, log: Path) -> Iterator[str]:
 
 def run_step(args: argparse.Namespace, stacks: int, label: str, progress: Progress,
              tmp: Path) -> dict[str, Any]:
-    """One step in a fresh `python -m load_tests.engine` process, with a live progress bar."""
+    """One step in a fresh `python -m load_tests.engine` process (embedded), or, with
+    `--database`, a fleet of processes (`python -m load_tests.fleet`), with a progress bar."""
     out, err = tmp / f"step-{stacks}.json", tmp / f"step-{stacks}.log"
-    cmd = [sys.executable, "-m", "load_tests.engine", "--stacks", str(stacks),
-           "--duration", str(args.duration), "--interval", str(args.interval),
-           "--latency", args.latency, "--json", str(out)]
+    cmd = [sys.executable, "-m", "load_tests.fleet" if args.database else "load_tests.engine",
+           "--stacks", str(stacks), "--duration", str(args.duration), "--interval",
+           str(args.interval), "--latency", args.latency, "--json", str(out)]
+    if args.database:
+        cmd += ["--database", args.database, "--workers", str(args.workers), "--beats",
+                str(args.beats)] + (["--redis", args.redis] if args.redis else [])
     task = progress.add_task(label, total=args.duration, phase="running")
     with contextlib.ExitStack() as stack:
         if args.llm == "chain":
@@ -107,7 +114,7 @@ def run_step(args: argparse.Namespace, stacks: int, label: str, progress: Progre
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"step {stacks} failed ({proc.returncode}):\n{err.read_text()[-3000:]}")
     figures = json.loads(out.read_text())
-    run = {key: figures.get(key) for key in FIELDS}
+    run = {key: figures.get(key) for key in FIELDS + (FLEET_FIELDS if args.database else ())}
     run["llm"] = args.llm
     run["started_share"] = report.started_share(run)
     return run
@@ -133,7 +140,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", required=True, help="write the JSON report here")
     parser.add_argument("--plots", help="write PNG plots into this directory")
     parser.add_argument("--markdown", help="write a Markdown summary here")
+    parser.add_argument("--database", help="a PostgreSQL server URL: run each step as a fleet "
+                        "of processes on a fresh database there (else: one process, SQLite)")
+    parser.add_argument("--redis", help="with --database: the fleet's Redis")
+    parser.add_argument("--workers", type=int, default=2, help="with --database: workers")
+    parser.add_argument("--beats", type=int, default=1, help="with --database: beats")
     args = parser.parse_args(argv)
+    if (args.redis or args.workers != 2 or args.beats != 1) and not args.database:
+        parser.error("--redis, --workers and --beats need --database (a fleet on PostgreSQL)")
     try:
         args.sizes = [int(n) for n in args.stacks.split(",") if n.strip()]
     except ValueError:

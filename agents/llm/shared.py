@@ -41,7 +41,9 @@ _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rpm, tpm, need = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+-- A request counts for 60 s and a little more: it reaches the provider a moment after it is
+-- granted, and the provider's own minute must have let it go before the next one arrives.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60250)
 local st = redis.call('HMGET', KEYS[2], 'blocked_until', 'req_left', 'req_until', 'tok_left',
                       'tok_until')
 local blocked = tonumber(st[1] or '0')
@@ -51,7 +53,7 @@ end
 local n = redis.call('ZCARD', KEYS[1])
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local frees = 0
-if oldest[2] then frees = tonumber(oldest[2]) + 60000 - now end
+if oldest[2] then frees = tonumber(oldest[2]) + 60250 - now end
 if rpm > 0 and n >= rpm then
   return {0, frees, rpm .. ' requests per minute used by the fleet'}
 end
@@ -75,7 +77,7 @@ if tok_until > now and tok_left < need then
           ' tokens left (this call needs about ' .. need .. ')'}
 end
 redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. need)
-redis.call('PEXPIRE', KEYS[1], 61000)
+redis.call('PEXPIRE', KEYS[1], 61000 + 250)
 if req_until > now then redis.call('HINCRBY', KEYS[2], 'req_left', -1) end
 if tok_until > now then redis.call('HINCRBY', KEYS[2], 'tok_left', -need) end
 return {1, n + 1, used + need}
