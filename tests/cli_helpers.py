@@ -14,9 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from orchestrator.cli import app
-
-KEEP_ENV = {"TICKWORK_TEST_POSTGRES_URL", "TICKWORK_TEST_REDIS_URL", "TICKWORK_TEST_CHROMIUM",
-            "TICKWORK_REQUIRE_SERVICES"}
+from tests.procs import KEEP_ENV
 
 
 class Cli:

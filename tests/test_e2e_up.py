@@ -12,40 +12,18 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
 from agents.registry import DEFAULT_TEAM
-
-T = TypeVar("T")
+from tests.procs import KEEP_ENV, free_port, poll
 
 TOKEN = "e2e-admin-token"
-KEEP_ENV = {"TICKWORK_TEST_POSTGRES_URL", "TICKWORK_TEST_REDIS_URL", "TICKWORK_TEST_CHROMIUM",
-            "TICKWORK_REQUIRE_SERVICES"}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def poll(fn: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
-    """Call `fn` until it returns something other than None/False, under a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 @dataclass
@@ -82,7 +60,7 @@ def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
                    TICKWORK_SIM_LATENCY_MS="20,60", PYTHONUNBUFFERED="1", COLUMNS="200")
         if token is not None:
             env["TICKWORK_ADMIN_TOKEN"] = token
-        port = _free_port()
+        port = free_port()
         n = len(started)
         stdout, stderr = tmp_path / f"stdout{n}.txt", tmp_path / f"stderr{n}.txt"
         with stdout.open("wb") as out, stderr.open("wb") as err:
