@@ -155,10 +155,10 @@ class Fleet:
 
 def run_step(database: str, stacks: int, duration: float, workers: int = 2, beats: int = 1,
              interval: int = 10, latency: str = "1500,3000", redis: str | None = None,
-             sim_url: str | None = None, progress: bool = True, stream: bool = True
-             ) -> dict[str, Any]:
+             sim_url: str | None = None, progress: bool = True, stream: bool = True,
+             logs: str | None = None) -> dict[str, Any]:
     with fresh_database(database) as url, contextlib.ExitStack() as stack:
-        log_dir = Path(stack.enter_context(_tmpdir()))
+        log_dir = Path(stack.enter_context(_tmpdir(logs)))
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("TICKWORK_", "GROQ_", "OPENAI_"))}
         env.update(TICKWORK_DATABASE_URL=url, TICKWORK_ADMIN_TOKEN=TOKEN,
@@ -235,7 +235,13 @@ def _propagation(engine: Engine, seen: list[tuple[int, float]], began: float,
 
 
 @contextlib.contextmanager
-def _tmpdir() -> Iterator[str]:
+def _tmpdir(keep: str | None = None) -> Iterator[str]:
+    """Where the processes log: `keep` (kept after the step), or a directory that goes with
+    it."""
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
     import tempfile
     with tempfile.TemporaryDirectory(prefix="tickwork-fleet-") as d:
         yield d
@@ -331,10 +337,11 @@ def main() -> None:
     parser.add_argument("--no-stream", action="store_true",
                         help="no dashboard and no event-stream client (no propagation figure)")
     parser.add_argument("--json")
+    parser.add_argument("--logs", help="keep each process's log in this directory")
     args = parser.parse_args()
     result = run_step(args.database, args.stacks, args.duration, args.workers, args.beats,
                       args.interval, args.latency, args.redis, args.sim_url,
-                      stream=not args.no_stream)
+                      stream=not args.no_stream, logs=args.logs)
     out = json.dumps(result, indent=2)
     if args.json and args.json != "-":
         Path(args.json).write_text(out)

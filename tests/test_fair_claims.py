@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import insert, select, update
+
 from orchestrator.store import Store
 from orchestrator.store.base import OVERDUE_S
+from orchestrator.store.journal import HISTORY, load
+from schema import tables as t
 from schema.clock import FakeClock
 from schema.db import Database
 from tests.conftest import store_of
@@ -100,3 +104,37 @@ def test_overdue_ticks_go_past_the_share_and_fresh_ones_wait(db: Database,
     assert len(more) == 5 and not set(more) & fresh
     assert asyncio.run(claim(store, "w-a", clock, workers=2)) == []
     assert set(asyncio.run(claim(store, "w-b", clock, workers=2))) == fresh
+
+
+def test_a_claim_reads_each_journal_as_a_lone_read_would(db: Database, clock: FakeClock
+                                                         ) -> None:
+    """The claim reads every claimed tick's journal in one batch: the same memory, the same
+    last messages and artifacts (newest first, no more than the history), the same finished
+    steps of a retried attempt, as `load` for that tick alone."""
+    ids = stacks(db, clock, 3)
+    busy, quiet = ids[0], ids[1]
+    with db.write() as conn:
+        tick = dict(conn.execute(select(t.ticks.c.stack_id, t.ticks.c.id)).all())
+        first = tick[busy]
+        conn.execute(insert(t.memories), [{"stack_id": s, "key": f"k{i}", "value": f"{s}:{i}",
+                                           "tick_id": tick[s], "updated_at": 0.0}
+                                          for s in (busy, quiet) for i in range(3)])
+        conn.execute(insert(t.messages), [{"stack_id": s, "tick_id": tick[s], "agent": "a",
+                                           "body": f"{s}:{i}", "created_at": float(i)}
+                                          for s in ids[:2] for i in range(HISTORY + 3)])
+        conn.execute(insert(t.artifacts), [{"stack_id": busy, "tick_id": first, "agent": "b",
+                                            "title": f"t{i}", "content": f"c{i}",
+                                            "created_at": float(i)} for i in range(HISTORY + 1)])
+        conn.execute(update(t.ticks).where(t.ticks.c.id == first).values(attempt=2))
+        conn.execute(insert(t.steps), [{"tick_id": first, "index": 0, "agent": "planner",
+                                        "status": "succeeded", "attempt": 1, "started_at": 0.0,
+                                        "finished_at": 1.0, "prompt": "[]", "output": "{}"}])
+    store = store_of(db)
+    claimed, journals = asyncio.run(store.claim("w", BIG, clock.now(), LEASE_S, 1))
+    assert len(claimed) == 3
+    with db.read() as conn:
+        for c in claimed:
+            assert journals[c.id] == load(conn, c.id, c.stack_id, c.attempt)
+    assert [m.body for m in journals[first].messages] == \
+        [f"{busy}:{i}" for i in range(HISTORY + 2, 2, -1)]
+    assert journals[first].done == {0: ("planner", "{}")}

@@ -77,6 +77,13 @@ class Dialect(Protocol):
         """"Now" for leases and heartbeats: the `now` bind parameter (the process's Clock), or
         the database's own clock, so hosts whose clocks disagree agree on every lease."""
 
+    def one_of(self, column: Any, name: str) -> ColumnElement[bool]:
+        """`column` is one of the ids bound as `name` (passed through `ids`): one statement
+        for any number of ids, compiled once (an IN list is rendered per call)."""
+
+    def ids(self, values: Sequence[int]) -> Any:
+        """The bound value of a `one_of` parameter."""
+
     def locked_cte(self, pick: Any, name: str) -> Any:
         """The CTE of a locking pick (`SELECT … FOR UPDATE SKIP LOCKED LIMIT n`), evaluated
         once."""

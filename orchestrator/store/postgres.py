@@ -73,6 +73,12 @@ class PostgresDialect:
             return func.extract("epoch", func.clock_timestamp())
         return bindparam("now", type_=Float)
 
+    def one_of(self, column: Any, name: str) -> ColumnElement[bool]:
+        return column == func.any(bindparam(name, type_=postgresql.ARRAY(BigInteger)))
+
+    def ids(self, values: Sequence[int]) -> Any:
+        return list(values)
+
     def locked_cte(self, pick: Any, name: str) -> Any:
         # Evaluated once: as a plain IN-subquery, PostgreSQL may rescan the locking subquery
         # for each row it updates, and the rescans pick other rows (more than the limit).

@@ -13,7 +13,8 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Float, Table, bindparam, func, insert, select
+import orjson
+from sqlalchemy import Connection, Float, String, Table, bindparam, func, insert, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -42,6 +43,13 @@ class SQLiteDialect:
 
     def lease_now(self) -> ColumnElement[Any]:
         return bindparam("now", type_=Float)
+
+    def one_of(self, column: Any, name: str) -> ColumnElement[bool]:
+        each = func.json_each(bindparam(name, type_=String)).table_valued("value")
+        return column.in_(select(each.c.value))
+
+    def ids(self, values: Sequence[int]) -> Any:
+        return orjson.dumps(list(values)).decode()
 
     def locked_cte(self, pick: Any, name: str) -> Any:
         return pick.cte(name)
