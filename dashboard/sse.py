@@ -1,10 +1,12 @@
 """The live event stream: one shared server-sent event stream fed from the outbox.
 
 One `EventTailer` per app reads new outbox rows and hands them to every connected client's
-`Feed`. It wakes when this process commits events (the bus) and, for events written by other
-processes, every `poll_s` seconds; there is one database read per wake-up, however many
-clients listen. A client's feed is bounded: a client that falls that far behind is dropped, its
-stream ends, and the browser reconnects and resumes with `Last-Event-ID`.
+`Feed`. It wakes when any process commits events (the bus) and otherwise every `poll_s`
+seconds; there is one database read per wake-up, however many clients listen, and no more than
+one per `MIN_GAP_S`: under a fleet's stream of commits, wake-ups that arrive together share one
+read instead of each paying for its own. A client's feed is bounded: a client that falls that
+far behind is dropped, its stream ends, and the browser reconnects and resumes with
+`Last-Event-ID`.
 
 A client starts from `Last-Event-ID` (header) or `?after=N`, or else from the current end. It
 attaches its feed first, then reads what it missed from the database, then follows its feed,
@@ -44,6 +46,7 @@ MAX_PENDING = 10_000
 RETRY_MS = 1000
 KEEPALIVE_S = 15.0
 SEND_TIMEOUT_S = 30.0
+MIN_GAP_S = 0.02  # between two reads of the outbox (at most 20 ms added to an event's way)
 
 
 class Feed:
@@ -85,10 +88,11 @@ class Feed:
 
 class EventTailer:
     def __init__(self, store: Store, bus: Bus, poll_s: float, *, page: int = PAGE,
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, min_gap_s: float = MIN_GAP_S) -> None:
         self._store = store
         self._bus = bus
         self._poll_s = poll_s
+        self._min_gap_s = min_gap_s
         self._page = page
         self._max_pending = max_pending
         self._feeds: set[Feed] = set()
@@ -144,9 +148,11 @@ class EventTailer:
 
     async def _run(self, sub: Subscription) -> None:
         failing = False
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 full = False
+                began = loop.time()
                 try:
                     rows = await self._store.events_after(self.cursor, self._page)
                 except Exception as exc:
@@ -162,8 +168,10 @@ class EventTailer:
                     self.cursor = rows[-1]["id"]
                     self._fan_out(rows)
                     full = len(rows) >= self._page
-                if not full:
-                    await sub.wait(self._poll_s)
+                if not full and await sub.wait(self._poll_s):
+                    rest = began + self._min_gap_s - loop.time()
+                    if rest > 0:  # woken right after a read: let the others arrive too
+                        await asyncio.sleep(rest)
         finally:
             sub.close()
 

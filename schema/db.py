@@ -102,7 +102,10 @@ class Database:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="db-write")
         else:
             self.engine = create_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                # No ping at each check-out: a connection the server dropped fails its
+                # transaction with a transient error, and `_retrying` runs it again on a
+                # fresh one (the pool is invalidated), without a round trip per transaction.
+                self.url, pool_size=pool_size, max_overflow=pool_size
             )
             self._writer = ThreadPoolExecutor(pool_size, thread_name_prefix="db-write")
         self._reader = ThreadPoolExecutor(min(pool_size, 4), thread_name_prefix="db-read")

@@ -27,7 +27,7 @@ POLL_S = 60.0  # a reader's poll: far longer than any wait here, so only Redis c
 
 
 def _bus(url: str, sender: str) -> RedisBus:
-    return RedisBus(url, SystemClock(), prefix="t:", sender=sender, topics=TOPICS)
+    return RedisBus(url, SystemClock(), prefix="t:", sender=sender)
 
 
 async def _connected(bus: RedisBus, timeout: float = 10) -> None:
@@ -47,17 +47,53 @@ def test_a_commit_in_one_process_wakes_the_readers_of_another(
             await _connected(a)
             await _connected(b)
             here, there = a.subscribe(TOPIC_QUEUE), b.subscribe(TOPIC_QUEUE)
-            await here.wait(0.2)  # the catch-up wake-up of connecting
-            await there.wait(0.2)
+            events = b.subscribe(TOPIC_EVENTS)
+            for sub in (here, there, events):
+                await sub.wait(0.2)  # the catch-up wake-up of listening
             began = time.monotonic()
             a.publish(frozenset((TOPIC_QUEUE,)))  # as a commit listener does
             assert await here.wait(POLL_S)  # this process: at once
             assert await there.wait(POLL_S)  # the other: over Redis
             assert time.monotonic() - began < 2
-            assert not await b.subscribe(TOPIC_EVENTS).wait(0.3)  # only the topic touched
+            assert not await events.wait(0.3)  # only the topic touched
         finally:
             await a.close()
             await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_process_listens_only_to_the_topics_it_has_readers_of(
+        private_redis: PrivateRedis) -> None:
+    """A beat reads neither the queue nor events; a worker reads the queue; a dashboard
+    events: each hears only those wake-ups, so none spends its time on the others'."""
+    async def scenario() -> None:
+        import redis.asyncio as aioredis
+
+        beat, worker, dashboard = (_bus(private_redis.url, n) for n in ("b", "w", "d"))
+        probe = aioredis.Redis.from_url(private_redis.url)
+        try:
+            for bus in (beat, worker, dashboard):
+                await bus.start()
+                await _connected(bus)
+            queue = worker.subscribe(TOPIC_QUEUE)
+            dashboard.subscribe(TOPIC_EVENTS)
+            await queue.wait(0.5)
+
+            async def listeners() -> dict[str, int]:
+                counts = await probe.pubsub_numsub(*(beat.channel(t) for t in TOPICS))
+                return {c.decode().rsplit(":", 1)[1]: n for c, n in counts}
+
+            deadline = time.monotonic() + 5
+            while await listeners() != {TOPIC_QUEUE: 1, TOPIC_EVENTS: 1}:
+                assert time.monotonic() < deadline, await listeners()
+                await asyncio.sleep(0.01)
+            dashboard.publish(frozenset((TOPIC_QUEUE,)))  # `Run a tick now` on a dashboard
+            assert await queue.wait(5)  # a topic subscribed after connecting is heard too
+        finally:
+            for bus in (beat, worker, dashboard):
+                await bus.close()
+            await probe.aclose()
 
     asyncio.run(scenario())
 

@@ -11,7 +11,6 @@ from orchestrator.bus.inprocess import InProcessBus, InProcessSubscription
 from orchestrator.bus.redis import RedisBus
 from orchestrator.interfaces import Bus
 from schema.clock import Clock
-from schema.events import TOPIC_EVENTS, TOPIC_QUEUE
 
 __all__ = ["InProcessBus", "InProcessSubscription", "RedisBus", "open_bus"]
 
@@ -20,6 +19,5 @@ def open_bus(redis_url: str | None, clock: Clock, *, prefix: str = "tickwork:",
              sender: str = "") -> Bus:
     """The Redis bus when a Redis URL is set, else the in-process one."""
     if redis_url:
-        return RedisBus(redis_url, clock, prefix=prefix, sender=sender,
-                        topics=(TOPIC_QUEUE, TOPIC_EVENTS))
+        return RedisBus(redis_url, clock, prefix=prefix, sender=sender)
     return InProcessBus(clock)

@@ -3,7 +3,9 @@
 After a transaction commits, the topics it touched (a tick was queued, events were written)
 wake this process's subscribers at once, as the in-process bus does, and are published on
 Redis pub/sub (`{prefix}bus:{topic}`, the message naming the process) for every other process,
-whose subscriber task wakes its own. Nothing but wake-ups travels: readers then ask the
+whose subscriber task wakes its own. A process listens only to the topics it has readers of
+(a worker to the queue, a dashboard to events, a beat to none), so no process spends its time
+on messages nobody in it reads. Nothing but wake-ups travels: readers then ask the
 database, which stays the only truth, so a message lost on the way only delays a reader to its
 next poll.
 
@@ -33,16 +35,22 @@ log = logging.getLogger("tickwork.bus")
 
 BACKOFF_S = 0.1  # the first reconnection wait; it doubles up to BACKOFF_CAP_S
 BACKOFF_CAP_S = 5.0
+# After publishing, the commits of the next PUBLISH_GAP_S go out together: the first commit
+# after a quiet spell is published at once, and a busy process sends no more than one message
+# per topic per gap (each costs every listener of the topic a wake-up and a read).
+PUBLISH_GAP_S = 0.01
 
 
 class RedisBus:
     def __init__(self, url: str, clock: Clock, *, prefix: str = "tickwork:",
-                 sender: str = "", topics: tuple[str, ...] = ()) -> None:
+                 sender: str = "") -> None:
         self._url = url
         self._clock = clock
         self._prefix = prefix
         self._sender = sender.encode()
-        self._topics = topics  # the topics other processes' commits may wake here
+        self._topics: set[str] = set()  # the topics this process has readers of
+        self._pubsub: Any = None  # the listener's, while connected
+        self._new_topic = asyncio.Event()
         self._local = InProcessBus(clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outgoing: set[str] = set()
@@ -78,7 +86,12 @@ class RedisBus:
             loop.call_soon_threadsafe(self._queue, topics)
 
     def subscribe(self, topic: str) -> InProcessSubscription:
-        return self._local.subscribe(topic)
+        sub = self._local.subscribe(topic)
+        if topic not in self._topics:
+            self._topics.add(topic)
+            if self._pubsub is not None:  # connected: listen to it too from now on
+                self._tasks.append(asyncio.create_task(self._listen_to(self._pubsub, topic)))
+        return sub
 
     def status(self) -> BusStatus:
         return BusStatus("redis", self._connected, self._since, self._error)
@@ -100,12 +113,19 @@ class RedisBus:
     def channel(self, topic: str) -> str:
         return f"{self._prefix}bus:{topic}"
 
+    async def _listen_to(self, pubsub: Any, topic: str) -> None:
+        with contextlib.suppress(RedisError, OSError):  # the listener notices it too
+            await pubsub.subscribe(self.channel(topic))
+        self._local.deliver(frozenset((topic,)))  # what it may have missed meanwhile
+        self._new_topic.set()  # a listener idle for want of a topic listens now
+
     def _queue(self, topics: frozenset[str]) -> None:
         self._outgoing |= topics
         self._wake_publisher.set()
 
     async def _publish_loop(self) -> None:
-        assert self._client is not None
+        client = self._client
+        assert client is not None
         while True:
             await self._wake_publisher.wait()
             self._wake_publisher.clear()
@@ -113,40 +133,62 @@ class RedisBus:
             if not self._connected:
                 continue  # readers poll; the listener reconnects
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for topic in sorted(topics):
-                        pipe.publish(self.channel(topic), self._sender)
-                    await pipe.execute()
+                for topic in sorted(topics):
+                    await client.publish(self.channel(topic), self._sender)
             except (RedisError, OSError) as exc:
                 self._went_away(exc)
+            # Pacing the transport, not scheduling: the loop's own time, whatever the Clock.
+            await asyncio.sleep(PUBLISH_GAP_S)
 
     async def _listen(self) -> None:
         assert self._client is not None
         wait = BACKOFF_S
-        channels = {self.channel(t): t for t in self._topics}
+        prefix = self.channel("")
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(*channels)
+                self._pubsub = pubsub  # a topic subscribed from now on is added to it
+                topics = sorted(self._topics)
+                if topics:
+                    await pubsub.subscribe(*(self.channel(t) for t in topics))
+                else:
+                    await pubsub.ping()
                 self._came_back()
                 wait = BACKOFF_S
                 while True:
+                    if not pubsub.subscribed:
+                        await self._idle(5.0)
+                        if not pubsub.subscribed:
+                            await pubsub.ping()
+                        continue
                     message: Any = await pubsub.get_message(timeout=5.0)
                     if message is None:
                         await pubsub.ping()
                         continue
                     if message.get("data") == self._sender:
                         continue  # our own: already delivered here
-                    topic = channels.get(_text(message.get("channel")))
-                    if topic is not None:
-                        self._local.deliver(frozenset((topic,)))
+                    channel = _text(message.get("channel"))
+                    if channel.startswith(prefix):
+                        self._local.deliver(frozenset((channel[len(prefix):],)))
             except (RedisError, OSError) as exc:
                 self._went_away(exc)
             finally:
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(wait)
             wait = min(BACKOFF_CAP_S, wait * 2)
+
+    async def _idle(self, timeout: float) -> None:
+        """No topic to listen to yet: wait for one (or ping, the health check)."""
+        waiter = asyncio.ensure_future(self._new_topic.wait())
+        sleeper = asyncio.ensure_future(self._clock.sleep(timeout))
+        try:
+            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            sleeper.cancel()
+            self._new_topic.clear()
 
     def _came_back(self) -> None:
         if self._connected:
