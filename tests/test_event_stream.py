@@ -302,6 +302,49 @@ def test_a_slow_client_is_dropped_and_the_others_keep_up(runtime: Runtime,
     asyncio.run(main())
 
 
+def test_commits_that_arrive_together_share_one_read(runtime: Runtime, clock: FakeClock
+                                                     ) -> None:
+    """Twenty commits in a burst, each waking the tailer: it reads once for the first and
+    once for those that arrived within its minimum gap, not twenty times, and the client gets
+    all twenty in order."""
+    reads = 0
+    events_after = runtime.store.events_after
+
+    async def counted(after: int, limit: int) -> list[dict[str, Any]]:
+        nonlocal reads
+        reads += 1
+        return await events_after(after, limit)
+
+    def burst() -> None:
+        for n in range(20):
+            with runtime.db.write() as conn:
+                emit(conn, clock.now(), "stack.updated", None, None, {"n": n})
+
+    async def main() -> None:
+        nonlocal reads
+        runtime.store.events_after = counted  # type: ignore[method-assign]
+        tailer = EventTailer(runtime.store, runtime.bus, runtime.settings.poll_s,
+                             min_gap_s=2.0)
+        await tailer.start()
+        try:
+            feed = tailer.attach()
+            await wait_for(lambda: reads >= 1, DEADLINE_S)  # its first look
+            reads = 0
+            await asyncio.to_thread(burst)
+            got: list[int] = []
+            async with asyncio.timeout(DEADLINE_S):
+                while len(got) < 20:
+                    batch = await feed.next_batch()
+                    assert batch is not None
+                    got += [orjson.loads(r["data"])["n"] for r in batch]
+            assert got == list(range(20))
+            assert reads <= 3
+        finally:
+            await tailer.stop()
+
+    asyncio.run(main())
+
+
 def test_a_dropped_stream_ends_after_what_it_had_so_the_client_can_resume(
         runtime: Runtime, clock: FakeClock) -> None:
     async def main() -> None:
