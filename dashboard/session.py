@@ -1,11 +1,14 @@
-"""Signed-in browsers: a cookie session exchanged for the admin token, with a CSRF token.
+"""Signed-in browsers: a signed cookie session exchanged for the admin token, with a CSRF token.
 
 `POST /session` takes the admin token (form field or JSON `{"token": ...}`). On success the
-server makes a random session id (kept here, in memory, with its own random CSRF token and an
-expiry) and sets it as the `tickwork_session` cookie: HttpOnly (page scripts cannot read it),
-SameSite=Strict (other sites cannot make the browser send it), Path=/. The session id is not
-derived from the admin token, so the cookie reveals nothing about it, and logging out or
-restarting the server ends the session for good.
+server makes a session — a random id, its own random CSRF token, an expiry — and sets it as the
+`tickwork_session` cookie, signed (itsdangerous, HMAC-SHA256 under a key derived from the admin
+token): HttpOnly (page scripts cannot read it), SameSite=Strict (other sites cannot make the
+browser send it), Path=/. A signed session needs no server-side state, so every dashboard
+process that shares the admin token honours it, with or without Redis, and across restarts;
+the signature reveals nothing about the token. Signing out revokes the session's id until it
+would have expired: in this process, and, with Redis, for every process (checked while Redis
+answers). Changing the admin token ends every session at once.
 
 The CSRF token is embedded in each page the session renders (`<meta name="csrf-token">`) and
 returned by a JSON sign-in. Every write made with the cookie must carry it back as the
@@ -15,14 +18,15 @@ refused with 403. API clients keep using `Authorization: Bearer`.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 from fastapi import Request
+from itsdangerous import BadData, URLSafeSerializer
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -32,8 +36,8 @@ from schema.clock import Clock
 SESSION_COOKIE = "tickwork_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_TTL_S = 12 * 3600.0
-MAX_SESSIONS = 1000
 MAX_FORM_BYTES = 8192
+SALT = "tickwork.session"
 
 CSRF_MISSING = ("missing X-CSRF-Token header: writes made with the session cookie must send "
                 "the page's CSRF token")
@@ -47,40 +51,60 @@ class Session:
 
 
 class SessionStore:
-    """Sessions of this process, by id; the oldest goes when there are too many. (With Redis,
-    `RedisSessionStore` keeps them where every dashboard process sees them.)"""
+    """Signed sessions, and the ids signed out before they expired (in this process; with
+    Redis, `RedisSessionStore` shares them with every dashboard process)."""
 
     def __init__(self, admin_token: str, clock: Clock, ttl_s: float = SESSION_TTL_S) -> None:
         self._token = admin_token.encode()
         self._clock = clock
         self._ttl = ttl_s
-        self._sessions: dict[str, Session] = {}
+        self._signer = URLSafeSerializer(admin_token, salt=SALT)
+        self._revoked: dict[str, float] = {}  # session id -> when it would have expired
 
     def token_matches(self, token: str) -> bool:
         return secrets.compare_digest(token.encode(), self._token)
 
     def open(self) -> tuple[str, Session]:
-        while len(self._sessions) >= MAX_SESSIONS:
-            self._sessions.pop(next(iter(self._sessions)))
-        sid = secrets.token_urlsafe(32)
+        """A new session: (the cookie's value, the session)."""
+        sid = secrets.token_urlsafe(16)
         session = Session(secrets.token_urlsafe(32), self._clock.now() + self._ttl)
-        self._sessions[sid] = session
-        return sid, session
+        return self._signer.dumps([sid, session.csrf, session.expires_at]), session
 
-    def get(self, sid: str | None) -> Session | None:
-        if not sid:
+    def _read(self, value: str) -> tuple[str, Session] | None:
+        try:
+            sid, csrf, expires_at = self._signer.loads(value)
+        except (BadData, TypeError, ValueError):
             return None
-        session = self._sessions.get(sid)
-        if session is None:
+        if not (isinstance(sid, str) and isinstance(csrf, str)
+                and isinstance(expires_at, int | float)):
             return None
-        if session.expires_at <= self._clock.now():
-            self._sessions.pop(sid, None)
+        return sid, Session(csrf, float(expires_at))
+
+    def get(self, value: str | None) -> Session | None:
+        read = self._read(value) if value else None
+        if read is None:
+            return None
+        sid, session = read
+        if session.expires_at <= self._clock.now() or self.revoked(sid):
             return None
         return session
 
-    def close(self, sid: str | None) -> None:
-        if sid:
-            self._sessions.pop(sid, None)
+    def revoked(self, sid: str) -> bool:
+        return sid in self._revoked
+
+    def close(self, value: str | None) -> None:
+        """Sign out: the session's id is refused until it would have expired."""
+        read = self._read(value) if value else None
+        if read is None:
+            return
+        sid, session = read
+        now = self._clock.now()
+        self._revoked = {k: t for k, t in self._revoked.items() if t > now}
+        self._revoked[sid] = session.expires_at
+        self._revoke_elsewhere(sid, session.expires_at - now)
+
+    def _revoke_elsewhere(self, sid: str, ttl_s: float) -> None:
+        return None
 
     def of(self, request: Request) -> Session | None:
         """The live session the request's cookie names, if any."""
@@ -139,49 +163,43 @@ def local_path(value: str | None) -> str:
 
 
 class RedisSessionStore(SessionStore):
-    """Sessions kept in Redis (`{prefix}session:{id}`, expiring with the session), so a browser
-    signed in on one dashboard process is signed in on every other. Redis being away costs
-    only new sign-ins' reach: they are kept in this process meanwhile, and a session Redis
-    lost means signing in again; no data is lost either way."""
+    """Sign-outs shared through Redis (`{prefix}session-revoked:{id}`, expiring with the
+    session), so signing out on one dashboard process ends the session on every one. Sessions
+    themselves need no Redis: while it is away they keep working (after a failed call, Redis
+    is not asked again for `RETRY_S`, so a request waits on it at most once in that time), and
+    a sign-out made meanwhile holds in the process it was made in."""
+
+    RETRY_S = 5.0
 
     def __init__(self, admin_token: str, clock: Clock, url: str, *, prefix: str = "tickwork:",
                  ttl_s: float = SESSION_TTL_S) -> None:
         import redis
 
         super().__init__(admin_token, clock, ttl_s)
-        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.25,
+                                           socket_connect_timeout=0.25)
         self._prefix = prefix
+        self._away_until = 0.0  # on the clock's monotonic time
 
     def _key(self, sid: str) -> str:
-        return f"{self._prefix}session:{sid}"
+        return f"{self._prefix}session-revoked:{sid}"
 
-    def open(self) -> tuple[str, Session]:
-        sid, session = super().open()
-        try:
-            self._redis.set(self._key(sid), orjson.dumps(
-                {"csrf": session.csrf, "expires_at": session.expires_at}), px=int(self._ttl * 1000))
-        except Exception:  # Redis away: the session lives in this process only
-            return sid, session
-        self._sessions.pop(sid, None)
-        return sid, session
+    def revoked(self, sid: str) -> bool:
+        if super().revoked(sid):
+            return True
+        return bool(self._ask(lambda: self._redis.exists(self._key(sid))))
 
-    def get(self, sid: str | None) -> Session | None:
-        local = super().get(sid)
-        if local is not None or not sid:
-            return local
+    def _revoke_elsewhere(self, sid: str, ttl_s: float) -> None:
+        if ttl_s > 0:
+            self._ask(lambda: self._redis.set(self._key(sid), b"1",
+                                              px=max(1, int(ttl_s * 1000))))
+
+    def _ask(self, call: Callable[[], Any]) -> Any:
+        """`call()`, or None while Redis is away (not asked again for RETRY_S)."""
+        if self._clock.monotonic() < self._away_until:
+            return None
         try:
-            raw = self._redis.get(self._key(sid))
+            return call()
         except Exception:
+            self._away_until = self._clock.monotonic() + self.RETRY_S
             return None
-        if raw is None:
-            return None
-        data = orjson.loads(raw)
-        if data["expires_at"] <= self._clock.now():
-            return None
-        return Session(data["csrf"], data["expires_at"])
-
-    def close(self, sid: str | None) -> None:
-        super().close(sid)
-        if sid:
-            with contextlib.suppress(Exception):
-                self._redis.delete(self._key(sid))

@@ -156,6 +156,39 @@ def test_redis_going_away_is_said_once_and_push_comes_back(
     assert len(away) == 2 and len(back) == 2  # once per process (a and b), each way
 
 
+def test_sessions_keep_working_while_redis_is_away(
+        private_redis: PrivateRedis, db_url: str, clock: FakeClock) -> None:
+    """Sessions are signed cookies: with Redis stopped, a browser signed in on one dashboard
+    still writes through another, a new sign-in works, and no request waits on Redis for
+    long."""
+    from dashboard.api import create_app
+
+    rt = Runtime.build(make_settings(db_url, redis_url=private_redis.url), clock, env={})
+
+    async def scenario() -> None:
+        first = httpx.ASGITransport(app=create_app(rt))
+        second = httpx.ASGITransport(app=create_app(rt))
+        async with httpx.AsyncClient(transport=first, base_url="http://one.test") as one, \
+                httpx.AsyncClient(transport=second, base_url="http://two.test") as two:
+            r = await one.post("/session", json={"token": "test-token"})
+            csrf, cookie = r.json()["csrf_token"], r.cookies[SESSION_COOKIE]
+            private_redis.stop()
+            two.cookies.set(SESSION_COOKIE, cookie)
+            began = time.monotonic()
+            for n in range(5):
+                r = await two.post("/api/stacks", json={"name": f"while-away-{n}"},
+                                   headers={"X-CSRF-Token": csrf})
+                assert r.status_code == 201, r.text
+            assert time.monotonic() - began < 5  # Redis asked at most once, briefly
+            r = await two.post("/session", json={"token": "test-token"})
+            assert r.status_code == 200
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        rt.close()
+
+
 def test_a_session_made_on_one_dashboard_process_is_honoured_by_another(
         private_redis: PrivateRedis, db_url: str, clock: FakeClock) -> None:
     from dashboard.api import create_app
