@@ -34,7 +34,7 @@ from schema.clock import Clock
 log = logging.getLogger("tickwork.bus")
 
 BACKOFF_S = 0.1  # the first reconnection wait; it doubles up to BACKOFF_CAP_S
-BACKOFF_CAP_S = 5.0
+BACKOFF_CAP_S = 2.0
 # After publishing, the commits of the next PUBLISH_GAP_S go out together: the first commit
 # after a quiet spell is published at once, and a busy process sends no more than one message
 # per topic per gap (each costs every listener of the topic a wake-up and a read).
