@@ -45,6 +45,7 @@ def chain_options(settings: Settings) -> ChainOptions:
     prices = settings.prices
     return ChainOptions(
         attempt_timeout_s=settings.llm_timeout_s, max_attempts=settings.llm_max_attempts,
+        connections=settings.max_concurrent_ticks,
         backoff_base_s=settings.llm_backoff_base_s, backoff_cap_s=settings.llm_backoff_cap_s,
         max_wait_s=settings.llm_max_wait_s, breaker_threshold=settings.breaker_threshold,
         breaker_cooldown_s=settings.breaker_cooldown_s, groq_rpm=settings.groq_rpm,

@@ -56,6 +56,7 @@ class ChainOptions:
     still teach the limiter)."""
 
     attempt_timeout_s: float = 30.0
+    connections: int = 1000  # each provider's connection pool: the calls that may be in flight
     max_attempts: int = 3
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 8.0
@@ -88,7 +89,7 @@ class ChainOptions:
 class _Kind:
     """What the chain knows about a provider name: how to build its client and adapter."""
 
-    provider: Callable[..., Provider | None]  # from_env(env, timeout_s=...)
+    provider: Callable[..., Provider | None]  # from_env(env, timeout_s=..., connections=...)
     adapter: Callable[[Any, str, Clock, PriceTable], ChatAdapter]
     key_var: str
     default_model: str
@@ -213,7 +214,8 @@ def build_chain(spec: str, env: Mapping[str, str], clock: Clock, options: ChainO
     for name, model in entries:
         kind = KINDS[name]
         if name not in built:
-            built[name] = kind.provider(env, timeout_s=options.attempt_timeout_s)
+            built[name] = kind.provider(env, timeout_s=options.attempt_timeout_s,
+                                        connections=options.connections)
             if built[name] is None:
                 notes.append(f"{name} left out: {kind.key_var} is not set")
         provider = built[name]

@@ -4,7 +4,10 @@ A provider knows where its API is and which key opens it; it does not call the m
 the adapter's job). The variables come in as a mapping, so the composition root decides where
 they are read (the process environment, a test's dict) and nothing here reads `os.environ`.
 Every client is built with the SDK's own retries off: the chain's retry policy is the only one,
-so one attempt in a trace is one HTTP request.
+so one attempt in a trace is one HTTP request. Both SDKs run on their aiohttp transport
+(`DefaultAioHttpClient`, the `aiohttp` extras): about half the CPU of their default httpx
+transport per call. One client per provider per process, its pool as large as the number of
+ticks the process may run at once (`connections`), so no call waits for a connection.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
 import groq
+import httpx
+import httpx2  # the HTTP client the openai SDK is built on (its dependency)
 import openai
 
 
@@ -27,6 +32,14 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Close the client's connections (on shutdown)."""
+
+
+def _limits(connections: int) -> httpx.Limits:
+    return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+
+
+def _limits2(connections: int) -> httpx2.Limits:
+    return httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
 
 
 def _value(env: Mapping[str, str], name: str) -> str | None:
@@ -60,22 +73,26 @@ class GroqProvider(_SDKProvider):
     default_base_url: ClassVar[str] = "https://api.groq.com"
 
     def __init__(self, api_key: str, *, base_url: str | None = None,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, connections: int = 1000) -> None:
         if not api_key:
             raise ValueError(f"{self.key_var} is empty")
         self._base_url = base_url or self.default_base_url
         # The base URL is always passed: given None, the SDK would read the process
         # environment itself, behind the caller's back.
-        self.client = groq.AsyncGroq(api_key=api_key, base_url=self._base_url, max_retries=0,
-                                     timeout=timeout_s)
+        self.client = groq.AsyncGroq(
+            api_key=api_key, base_url=self._base_url, max_retries=0, timeout=timeout_s,
+            http_client=groq.DefaultAioHttpClient(timeout=timeout_s,
+                                                  limits=_limits(connections)))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], *, timeout_s: float = 30.0) -> GroqProvider | None:
+    def from_env(cls, env: Mapping[str, str], *, timeout_s: float = 30.0,
+                 connections: int = 1000) -> GroqProvider | None:
         """The provider, or None when its key is not set (the provider is not configured)."""
         key = _value(env, cls.key_var)
         if key is None:
             return None
-        return cls(key, base_url=_value(env, cls.base_url_var), timeout_s=timeout_s)
+        return cls(key, base_url=_value(env, cls.base_url_var), timeout_s=timeout_s,
+                   connections=connections)
 
 
 
@@ -90,22 +107,25 @@ class OpenAIProvider(_SDKProvider):
 
     def __init__(self, api_key: str, *, base_url: str | None = None,
                  organization: str | None = None, project: str | None = None,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, connections: int = 1000) -> None:
         if not api_key:
             raise ValueError(f"{self.key_var} is empty")
         self._base_url = base_url or self.default_base_url
-        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=self._base_url,
-                                         organization=organization, project=project,
-                                         max_retries=0, timeout=timeout_s)
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=self._base_url, organization=organization,
+            project=project, max_retries=0, timeout=timeout_s,
+            http_client=openai.DefaultAioHttpClient(timeout=timeout_s,
+                                                    limits=_limits2(connections)))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], *,
-                 timeout_s: float = 30.0) -> OpenAIProvider | None:
+    def from_env(cls, env: Mapping[str, str], *, timeout_s: float = 30.0,
+                 connections: int = 1000) -> OpenAIProvider | None:
         """The provider, or None when its key is not set (the provider is not configured)."""
         key = _value(env, cls.key_var)
         if key is None:
             return None
         return cls(key, base_url=_value(env, cls.base_url_var),
                    organization=_value(env, "OPENAI_ORG_ID"),
-                   project=_value(env, "OPENAI_PROJECT_ID"), timeout_s=timeout_s)
+                   project=_value(env, "OPENAI_PROJECT_ID"), timeout_s=timeout_s,
+                   connections=connections)
 
