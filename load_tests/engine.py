@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -33,10 +34,11 @@ from pydantic import SecretStr
 from sqlalchemy import Connection, func, insert, select
 
 from agents.llm.base import LLMRequest
+from agents.llm.chain import build_chain
 from load_tests.stats import median, summary
 from load_tests.stream import StreamClient, latencies_ms, serving
 from orchestrator.config import Settings
-from orchestrator.runtime import Runtime
+from orchestrator.runtime import Runtime, chain_options
 from orchestrator.store.queue import REASON_PREV_RUNNING
 from schema import tables as t
 
@@ -94,7 +96,7 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
         return await fire()
 
     rt.beat.fire = sampled_fire  # type: ignore[method-assign]
-    sdk_ms = await _sdk_call_cpu_ms(rt, sim_url) if sim_url else None
+    sdk_by_provider = await _sdk_call_cpu_ms(rt, sim_url) if sim_url else None
     async with contextlib.AsyncExitStack() as serve:
         client = None
         if stream:
@@ -126,7 +128,7 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
             .where(t.ticks.c.trigger == "beat")))
         # Calls that reached a provider: a skip (open breaker, rate limit) is a trace row, not
         # a call.
-        calls = list(conn.execute(select(t.llm_attempts.c.started_at)
+        calls = list(conn.execute(select(t.llm_attempts.c.started_at, t.llm_attempts.c.provider)
                                   .where(t.llm_attempts.c.started_at >= began,
                                          t.llm_attempts.c.status.not_like("skipped_%"))))
         fallbacks = _fallbacks(conn)
@@ -153,6 +155,9 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
     busy = sum(1 for r in rows if r.status == "skipped" and r.reason == REASON_PREV_RUNNING)
     run_s = max(1e-9, drain_from - began)
     calls_per_tick = len(calls) / max(1, len(started))
+    by_provider = Counter(provider for _, provider in calls)
+    sdk_ms = (None if sdk_by_provider is None or not calls else
+              sum(sdk_by_provider.get(p, 0.0) * n for p, n in by_provider.items()) / len(calls))
     cpu = median(cpu_per_tick)
     return {
         "llm": "inprocess" if sim_url is None else "chain", "stacks": stacks,
@@ -177,12 +182,14 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
             name: round((cpu - threads_at_start.get(name, 0.0)) * 1000 / max(1, len(started)),
                         3) for name, cpu in sorted(threads.items())},
         "llm_calls_per_s": len(calls) / run_s,
+        "llm_calls_by_provider": dict(by_provider),
         "fallbacks": fallbacks,
         "db_rows_per_s": sum(written.values()) / run_s, "db_rows": written,
         "propagation_ms": propagation, "stream_events": len(arrivals),
-        # The chain's share: one model call's CPU here (measured against sim-llm with no
-        # latency before the run), times the calls per tick, taken off the per-tick figure.
-        "sdk_cpu_ms_per_call": sdk_ms,
+        # The chain's share: one model call's CPU here, per provider (measured against
+        # sim-llm with no latency before the run), weighted by the providers' shares of the
+        # step's calls, times the calls per tick, taken off the per-tick figure.
+        "sdk_cpu_ms_per_call": sdk_ms, "sdk_cpu_ms_per_call_by_provider": sdk_by_provider,
         "cpu_ms_per_tick_without_sdk": (None if sdk_ms is None or cpu is None else
                                         max(0.0, cpu - calls_per_tick * sdk_ms)),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -209,24 +216,38 @@ def _fallbacks(conn: Connection) -> int:
     return sum(1 for step, provider in served.items() if provider != first[step])
 
 
-async def _sdk_call_cpu_ms(rt: Runtime, sim_url: str, calls: int = 100) -> float:
-    """CPU of one model call through the chain (the SDK's request and response handling),
-    against sim-llm answering at once; the step's latency is put back afterwards."""
+async def _sdk_call_cpu_ms(rt: Runtime, sim_url: str, calls: int = 100) -> dict[str, float]:
+    """CPU of one model call through each provider of the chain (the SDK's request and
+    response handling), against sim-llm answering at once; the step's latency is put back
+    afterwards. Each provider is called through a chain of its own, built like the step's but
+    without rate limits, so calibrating spends none of the limits the step runs under."""
+    env = {"GROQ_API_KEY": "sim", "GROQ_BASE_URL": sim_url,
+           "OPENAI_API_KEY": "sim", "OPENAI_BASE_URL": sim_url + "/v1"}
+    options = dataclasses.replace(chain_options(rt.settings), groq_rpm=None, groq_tpm=None,
+                                  openai_rpm=None, openai_tpm=None)
+    providers = [p.name for p in rt.chain.providers] if rt.chain is not None else []
+    out: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=sim_url) as http:
         before = (await http.get("/_sim/config")).json()
         await http.post("/_sim/config", json={"both": {"latency_ms": "0"}})
         try:
             request = LLMRequest(messages=[{"role": "user", "content": "Task: calibrate"}],
                                  schema_name="Plan", seed="calibrate")
-            for _ in range(5):  # warm the connection pools
-                await rt.llm.complete(request)
-            cpu = time.process_time()
-            for _ in range(calls):
-                await rt.llm.complete(request)
-            return (time.process_time() - cpu) * 1000 / calls
+            for name in providers:
+                chain = build_chain(name, env, rt.clock, options)
+                try:
+                    for _ in range(5):  # warm the connection pool
+                        await chain.llm.complete(request)
+                    cpu = time.process_time()
+                    for _ in range(calls):
+                        await chain.llm.complete(request)
+                    out[name] = (time.process_time() - cpu) * 1000 / calls
+                finally:
+                    await chain.aclose()
         finally:
             await http.post("/_sim/config", json={
                 name: {"latency_ms": knobs["latency_ms"]} for name, knobs in before.items()})
+    return out
 
 
 def run_step(stacks: int, duration: float, latency: str = "1500,3000", interval: int = 10,

@@ -49,7 +49,8 @@ FIELDS = ("llm", "stacks", "duration_s", "interval_s", "ticks_expected", "ticks_
           "ticks_skipped_busy", "failure_reasons", "cpu_ms_per_tick_without_sdk",
           "sdk_cpu_ms_per_call", "cpu_ms_per_tick_by_thread", "cpu_ms_per_tick_by_interval",
           "fallbacks", "db_rows_per_s", "db_rows", "stream_events", "sim_latency_ms", "slots",
-          "rss_anon_mb", "claim_lateness_ms")
+          "rss_anon_mb", "claim_lateness_ms", "llm_calls_by_provider",
+          "sdk_cpu_ms_per_call_by_provider")
 FLEET_FIELDS = ("topology", "wakeups", "ticks_per_worker", "ticks_per_worker_per_slot",
                 "cpu_ms_per_tick_by_process", "postgres_cpu_ms_per_tick",
                 "longest_lock_wait_ms", "llm_attempts_by_provider")
