@@ -140,6 +140,9 @@ def render(db: DbCounts, proc: Process) -> str:
     out.histogram("beat_lateness_seconds", "Tick start minus its slot's fire time, observed "
                   "when this process claimed a beat tick.",
                   s.lateness, s.lateness_sum, s.lateness_count)
+    out.histogram("work_lateness_seconds", "A beat tick's first step beginning minus its "
+                  "slot's fire time (the start of work), in this process.",
+                  s.work_lateness, s.work_lateness_sum, s.work_lateness_count)
     seen = dict.fromkeys(p for p, _ in s.llm_requests)
     out.family("llm_requests_total", "counter", "LLM attempts this process made, by provider "
                "and outcome (the attempt's status).",

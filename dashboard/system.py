@@ -113,6 +113,9 @@ class SystemHealth(BaseModel):
     window_s: float
     lateness: Lateness  # this process's recent claims
     lateness_all: Lateness  # the newest beat ticks in the database, any worker
+    # The start of work: a beat tick's first step beginning − its slot.
+    work_lateness: Lateness = Lateness(p50_ms=None, p99_ms=None, samples=0)
+    work_lateness_all: Lateness = Lateness(p50_ms=None, p99_ms=None, samples=0)
     ticks_per_s: float  # this process, over the window
     ticks_per_s_all: float  # every worker, from the database
     queue_depth: int
@@ -176,6 +179,12 @@ async def health(rt: Runtime) -> SystemHealth:
                           samples=len(rt.stats.lateness.recent)),
         lateness_all=Lateness(p50_ms=seen.lateness_p50_ms, p99_ms=seen.lateness_p99_ms,
                               samples=seen.lateness_samples),
+        work_lateness=Lateness(p50_ms=snap.work_lateness_p50_ms,
+                               p99_ms=snap.work_lateness_p99_ms,
+                               samples=len(rt.stats.work_lateness.recent)),
+        work_lateness_all=Lateness(p50_ms=seen.work_lateness_p50_ms,
+                                   p99_ms=seen.work_lateness_p99_ms,
+                                   samples=seen.work_lateness_samples),
         ticks_per_s=snap.ticks_per_s, ticks_per_s_all=seen.ticks_per_s,
         queue_depth=seen.queue_depth, running=seen.running,
         worker=WorkerHere(id=rt.worker.id, running=rt.worker.running,
@@ -271,6 +280,10 @@ def system_body(h: SystemHealth) -> str:
         ["beat lateness p50", esc(_ms(h.lateness.p50_ms)), esc(_ms(h.lateness_all.p50_ms))],
         ["beat lateness p99", esc(_ms(h.lateness.p99_ms)), esc(_ms(h.lateness_all.p99_ms))],
         ["lateness samples", esc(h.lateness.samples), esc(h.lateness_all.samples)],
+        ["start of work p50", esc(_ms(h.work_lateness.p50_ms)),
+         esc(_ms(h.work_lateness_all.p50_ms))],
+        ["start of work p99", esc(_ms(h.work_lateness.p99_ms)),
+         esc(_ms(h.work_lateness_all.p99_ms))],
         [f"ticks per second (last {esc(f'{h.window_s:g}')} s)", esc(f"{h.ticks_per_s:.2f}"),
          esc(f"{h.ticks_per_s_all:.2f}")],
         ["running ticks", esc(h.worker.running), esc(h.running)],

@@ -43,6 +43,9 @@ class Activity:
     lateness_p50_ms: float | None
     lateness_p99_ms: float | None
     lateness_samples: int
+    work_lateness_p50_ms: float | None = None  # the first step beginning − the slot
+    work_lateness_p99_ms: float | None = None
+    work_lateness_samples: int = 0
     workers: dict[str, int] = field(default_factory=dict)  # worker id -> running ticks
     providers: list[ProviderShare] = field(default_factory=list)
 
@@ -69,6 +72,13 @@ def recent(conn: Connection, now: float, window_s: float = WINDOW_S) -> Activity
         select(k.started_at - k.scheduled_at)
         .where(k.id > floor, k.slot.is_not(None), k.started_at.is_not(None))
         .order_by(k.id.desc()).limit(LATENESS_SAMPLE))]
+    st = t.steps.c
+    work = [float(v) * 1000 for (v,) in conn.execute(
+        select(st.started_at - k.scheduled_at)
+        .select_from(t.ticks.join(t.steps, (st.tick_id == k.id) & (st.index == 0)
+                                  & (st.attempt == 1)))
+        .where(k.id > floor, k.slot.is_not(None))
+        .order_by(k.id.desc()).limit(LATENESS_SAMPLE))]
     a = t.llm_attempts.c
     newest = (select(a.provider, a.status)
               .where(a.id > _newest_id(conn, t.llm_attempts, RECENT_ATTEMPTS),
@@ -83,4 +93,6 @@ def recent(conn: Connection, now: float, window_s: float = WINDOW_S) -> Activity
         window_s=window_s, finished=finished, ticks_per_s=finished / window_s,
         queue_depth=active.get("queued", 0), running=active.get("running", 0),
         lateness_p50_ms=percentile(late, 50), lateness_p99_ms=percentile(late, 99),
-        lateness_samples=len(late), workers=workers, providers=shares)
+        lateness_samples=len(late), work_lateness_p50_ms=percentile(work, 50),
+        work_lateness_p99_ms=percentile(work, 99), work_lateness_samples=len(work),
+        workers=workers, providers=shares)

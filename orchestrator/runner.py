@@ -114,6 +114,8 @@ class TickRunner:
     async def _step(self, tick: Claimed, ctx: TickContext, index: int, agent: Agent,
                     last: int, llm: LLM, lease: TickLease) -> bool:
         started = self._clock.now()
+        if index == 0:
+            self._stats.work_started(tick, started)
         seed = f"{tick.stack_id}:{tick.slot if tick.slot is not None else f't{tick.id}'}:" \
                f"{agent.name}"
         result = await run_step(agent, ctx, llm, seed)

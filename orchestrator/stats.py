@@ -67,6 +67,11 @@ class Snapshot:
     lateness_count: int
     lateness_p50_ms: float | None
     lateness_p99_ms: float | None
+    work_lateness: list[tuple[float, int]]
+    work_lateness_sum: float
+    work_lateness_count: int
+    work_lateness_p50_ms: float | None
+    work_lateness_p99_ms: float | None
     duration: list[tuple[float, int]]
     duration_sum: float
     duration_count: int
@@ -82,7 +87,8 @@ class Stats:
 
     def __init__(self, window_s: float = 60.0) -> None:
         self.window_s = window_s
-        self.lateness = Histogram(LATENESS_BUCKETS)
+        self.lateness = Histogram(LATENESS_BUCKETS)  # the claim
+        self.work_lateness = Histogram(LATENESS_BUCKETS)  # the first step beginning
         self.duration = Histogram(DURATION_BUCKETS)
         self.llm_requests: Counter[tuple[str, str]] = Counter()  # (provider, status)
         self.fallbacks: Counter[str] = Counter()  # by the provider that served instead
@@ -98,6 +104,12 @@ class Stats:
         for tick in ticks:
             if tick.slot is not None and tick.attempt == 1:
                 self.lateness.observe(now - tick.scheduled_at)
+
+    def work_started(self, tick: Claimed, now: float) -> None:
+        """The start of work: a beat tick's first step beginning (its prompt about to be
+        built, its first LLM request about to go out) minus its slot's fire time."""
+        if tick.slot is not None and tick.attempt == 1:
+            self.work_lateness.observe(now - tick.scheduled_at)
 
     def step_finished(self, attempts: Sequence[Attempt]) -> None:
         """Count a step's LLM attempts; a step answered by another model than the chain's
@@ -125,14 +137,20 @@ class Stats:
         return len(self._finished_at) / self.window_s
 
     def snapshot(self, now: float) -> Snapshot:
-        p50 = percentile(self.lateness.recent, 50)
-        p99 = percentile(self.lateness.recent, 99)
+        p50, p99 = _ms(self.lateness, 50), _ms(self.lateness, 99)
+        w = self.work_lateness
         return Snapshot(
             lateness=self.lateness.cumulative(), lateness_sum=self.lateness.sum,
-            lateness_count=self.lateness.count,
-            lateness_p50_ms=None if p50 is None else p50 * 1000,
-            lateness_p99_ms=None if p99 is None else p99 * 1000,
+            lateness_count=self.lateness.count, lateness_p50_ms=p50, lateness_p99_ms=p99,
+            work_lateness=w.cumulative(), work_lateness_sum=w.sum, work_lateness_count=w.count,
+            work_lateness_p50_ms=_ms(w, 50), work_lateness_p99_ms=_ms(w, 99),
             duration=self.duration.cumulative(), duration_sum=self.duration.sum,
             duration_count=self.duration.count, llm_requests=dict(self.llm_requests),
             fallbacks=dict(self.fallbacks), claimed=self.claimed, finished=self.finished,
             ticks_per_s=self.ticks_per_s(now))
+
+
+def _ms(h: Histogram, q: float) -> float | None:
+    """The q-th percentile of `h`'s recent samples, in milliseconds."""
+    value = percentile(h.recent, q)
+    return None if value is None else value * 1000

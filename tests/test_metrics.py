@@ -33,6 +33,7 @@ FAMILIES = {
     "tickwork_queue_depth": "gauge", "tickwork_ticks_running": "gauge",
     "tickwork_worker_running_ticks": "gauge", "tickwork_worker_concurrency_limit": "gauge",
     "tickwork_tick_duration_seconds": "histogram", "tickwork_beat_lateness_seconds": "histogram",
+    "tickwork_work_lateness_seconds": "histogram",
     "tickwork_llm_requests_total": "counter", "tickwork_llm_fallbacks_total": "counter",
     "tickwork_llm_breaker_state": "gauge", "tickwork_llm_breaker_failures": "gauge",
     "tickwork_event_stream_clients": "gauge", "tickwork_info": "gauge",
@@ -164,6 +165,8 @@ def test_a_beat_tick_moves_the_counters(runtime: Runtime, clock: FakeClock) -> N
     assert math.isclose(late.value("_sum"), 0.02, abs_tol=1e-6)
     assert late.value("_bucket", le="0.01") == 0
     assert late.value("_bucket", le="0.025") == 1
+    work = m["tickwork_work_lateness_seconds"]  # its first step began as it was claimed
+    assert work.value("_count") == 1 and math.isclose(work.value("_sum"), 0.02, abs_tol=1e-6)
     assert m["tickwork_worker_running_ticks"].value() == 0
     assert m["tickwork_llm_fallbacks_total"].samples == []
 

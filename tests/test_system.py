@@ -102,6 +102,10 @@ def test_health_json_after_a_tick(runtime: Runtime, clock: FakeClock) -> None:
                                 "samples": 1}
     assert body["lateness_all"]["samples"] == 1
     assert body["lateness_all"]["p99_ms"] == pytest.approx(30.0)
+    # the start of work: its first step began when it was claimed (the fake clock stood still)
+    assert body["work_lateness"] == {"p50_ms": pytest.approx(30.0),
+                                     "p99_ms": pytest.approx(30.0), "samples": 1}
+    assert body["work_lateness_all"] == body["work_lateness"]
     assert body["ticks_per_s"] == pytest.approx(1 / 60)
     assert body["ticks_per_s_all"] == pytest.approx(2 / 60)  # the settled start tick too
     [fire] = body["beat_fires"]
