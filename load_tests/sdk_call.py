@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,15 +27,10 @@ import httpx
 import httpx2
 import openai
 
-ROOT = Path(__file__).resolve().parent.parent
+from load_tests.sweep import sim_llm
+
 MESSAGES = [{"role": "system", "content": "Answer with JSON."},
             {"role": "user", "content": "Plan the next step of the essay."}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _clients(url: str, inflight: int) -> dict[str, Callable[[], Any]]:
@@ -83,21 +77,7 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=200)
     parser.add_argument("--json")
     args = parser.parse_args()
-    port = _free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "orchestrator", "sim-llm", "--port", str(port),
-                            "--latency-ms", "0"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/_sim/stats", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("sim-llm did not start") from None
-                time.sleep(0.1)
+    with tempfile.TemporaryDirectory() as tmp, sim_llm("0", Path(tmp) / "sim.log") as url:
         clients = _clients(url, args.inflight)
         names = list(clients)
         results: dict[str, list[float]] = {n: [] for n in names}
@@ -108,9 +88,6 @@ def main() -> None:
                 ms = asyncio.run(_measure(clients[name], model, args.calls, args.inflight))
                 results[name].append(ms)
                 print(f"run {run + 1}: {name}: {ms:.3f} ms CPU a call", file=sys.stderr)
-    finally:
-        sim.terminate()
-        sim.wait(10)
     out = {"calls": args.calls, "inflight": args.inflight, "runs": args.runs,
            "cpu_ms_per_call": {n: round(statistics.median(v), 3) for n, v in results.items()},
            "runs_ms": {n: [round(x, 3) for x in v] for n, v in results.items()}}
