@@ -36,20 +36,6 @@ __all__ = ["Journal"]
 
 # Built once, run on the driver's cursor (see schema.prepared): a tick runs dozens of these.
 HISTORY = 5
-_STACK = Prepared(select(t.stacks.c.id, t.stacks.c.name, t.stacks.c.goal, t.stacks.c.team,
-                         t.stacks.c.execution_state)
-                  .where(t.stacks.c.id == bindparam("stack_id")))
-_MEMORY = Prepared(select(t.memories.c.key, t.memories.c.value)
-                   .where(t.memories.c.stack_id == bindparam("stack_id")))
-_MESSAGES = Prepared(select(t.messages.c.agent, t.messages.c.body)
-                     .where(t.messages.c.stack_id == bindparam("stack_id"))
-                     .order_by(t.messages.c.id.desc()).limit(HISTORY))
-_ARTIFACTS = Prepared(select(t.artifacts.c.title, t.artifacts.c.content)
-                      .where(t.artifacts.c.stack_id == bindparam("stack_id"))
-                      .order_by(t.artifacts.c.id.desc()).limit(HISTORY))
-_DONE = Prepared(select(t.steps.c.index, t.steps.c.agent, t.steps.c.output)
-                 .where(t.steps.c.tick_id == bindparam("tick_id"),
-                        t.steps.c.status == "succeeded"))
 _INSERT_STEP = Prepared(insert(t.steps).returning(t.steps.c.id))
 _INSERT_ATTEMPT = Prepared(insert(t.llm_attempts))
 _INSERT_MESSAGE = Prepared(insert(t.messages))
@@ -84,18 +70,10 @@ _UPSERT_MEMORY = Prepared(_upsert)
 def load(conn: Connection, tick_id: int, stack_id: int, attempt: int = 2) -> Journal:
     """The stack, its memory and recent history, and the steps this tick has finished (a
     first attempt has none: steps are journaled under the attempt that ran them)."""
-    of_stack = {"stack_id": stack_id}
-    row = _STACK.one(conn, of_stack)
-    if row is None:
+    journal = load_many(conn, [Claimed(tick_id, stack_id, None, attempt, 0.0)]).get(tick_id)
+    if journal is None:
         raise LookupError(f"stack {stack_id} does not exist")
-    sid, name, goal, team, state = row
-    mem = dict(_MEMORY.all(conn, of_stack))
-    msgs = [MessageView(a, b) for a, b in _MESSAGES.all(conn, of_stack)]
-    arts = [ArtifactView(a, b) for a, b in _ARTIFACTS.all(conn, of_stack)]
-    done = ({i: (a, o) for i, a, o in _DONE.all(conn, {"tick_id": tick_id})}
-            if attempt > 1 else {})
-    return Journal(StackView(sid, name, goal), orjson.loads(team) if team else None, state,
-                   mem, msgs, arts, done)
+    return journal
 
 
 def _recent(table: Any, *cols: Any) -> Prepared:
