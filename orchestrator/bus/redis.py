@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from orchestrator.bus.inprocess import InProcessBus, InProcessSubscription
 from orchestrator.interfaces import BusStatus
-from schema.clock import Clock
+from schema.clock import Clock, within
 
 log = logging.getLogger("tickwork.bus")
 
@@ -181,14 +181,9 @@ class RedisBus:
 
     async def _idle(self, timeout: float) -> None:
         """No topic to listen to yet: wait for one (or ping, the health check)."""
-        waiter = asyncio.ensure_future(self._new_topic.wait())
-        sleeper = asyncio.ensure_future(self._clock.sleep(timeout))
-        try:
-            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            sleeper.cancel()
-            self._new_topic.clear()
+        with contextlib.suppress(TimeoutError):
+            await within(self._clock, timeout, self._new_topic.wait())
+        self._new_topic.clear()
 
     def _came_back(self) -> None:
         if self._connected:
