@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -50,10 +51,10 @@ FIELDS = ("llm", "stacks", "duration_s", "interval_s", "ticks_expected", "ticks_
           "sdk_cpu_ms_per_call", "cpu_ms_per_tick_by_thread", "cpu_ms_per_tick_by_interval",
           "fallbacks", "db_rows_per_s", "db_rows", "stream_events", "sim_latency_ms", "slots",
           "rss_anon_mb", "claim_lateness_ms", "llm_calls_by_provider",
-          "sdk_cpu_ms_per_call_by_provider")
+          "sdk_cpu_ms_per_call_by_provider", "sim_cpu_ms_per_tick")
 FLEET_FIELDS = ("topology", "wakeups", "ticks_per_worker", "ticks_per_worker_per_slot",
                 "cpu_ms_per_tick_by_process", "postgres_cpu_ms_per_tick",
-                "longest_lock_wait_ms", "llm_attempts_by_provider")
+                "longest_lock_wait_ms", "llm_attempts_by_provider", "cpu_s_by_process")
 
 
 @contextlib.contextmanager
@@ -117,12 +118,17 @@ def run_step(args: argparse.Namespace, stacks: int, label: str, progress: Progre
     figures = json.loads(out.read_text())
     run = {key: figures.get(key) for key in FIELDS + (FLEET_FIELDS if args.database else ())}
     run["llm"] = args.llm
+    if not args.database:
+        run["topology"] = report.EMBEDDED
     run["started_share"] = report.started_share(run)
     return run
 
 
 def table(rows: list[dict[str, Any]], title: str) -> Table:
-    out = Table(*report.COLUMNS, title=title)
+    """The steps' main figures, 100 columns wide at most (the Markdown carries the rest)."""
+    out = Table(title=title, box=box.SIMPLE_HEAVY, show_edge=False, pad_edge=False)
+    for i, name in enumerate(report.COLUMNS):
+        out.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
         out.add_row(*report.cells(row))
     return out
@@ -167,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
                         TextColumn("{task.completed:>4.0f}/{task.total:.0f} s"),
                         TextColumn("{task.fields[phase]}"), TimeElapsedColumn(),
                         console=console)
+    topology = report.setup({"topology": f"{args.beats} beat, {args.workers} workers on "
+                                         "PostgreSQL", "wakeups": "redis" if args.redis
+                             else "polling"} if args.database else {})
     with progress, tempfile.TemporaryDirectory(prefix="tickwork-sweep-") as tmp:
         step = 0
         for repeat in range(args.repeat):
             for stacks in args.sizes:
                 step += 1
-                label = (f"step {step}/{total}: {args.llm}, {stacks} stacks"
+                label = (f"step {step}/{total}: {topology} {args.llm}, {stacks} stacks"
                          + (f" (run {repeat + 1}/{args.repeat})" if args.repeat > 1 else ""))
                 runs.append(run_step(args, stacks, label, progress, Path(tmp)))
     rows = report.medians(runs)
@@ -184,17 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat > 1:
         result["medians"] = rows
     Path(args.json).write_text(json.dumps(result, indent=2))
-    out = Console() if sys.stdout.isatty() else Console(width=200)
+    # The table fits 100 columns; a terminal (or COLUMNS) may give it more.
+    out = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=100)
     title = "load test" + (f" (medians of {args.repeat} runs)" if args.repeat > 1 else "")
     out.print(table(rows, title))
     checks = report.check(rows)
     for c in checks:
         out.print(f"[{'green' if c.passed else 'red'}]{c.line()}[/]", highlight=False)
     if not checks:
-        out.print("[dim]no target applies to these steps (inprocess: 1000 stacks; "
-                  "chain: 500 stacks; propagation: 100 stacks)[/]")
+        out.print("[dim]no target applies to these steps (chain: fleet+redis at 1000 stacks, "
+                  "embedded at 100 and 500; inprocess: embedded at 1000, fleet+redis at "
+                  "100)[/]")
+    for cap in report.capacity(rows):
+        out.print(cap.sentence(), highlight=False)
+    out.print(f"[dim]{report.CRITERIA}[/]", highlight=False)
     if args.plots:
-        for path in report.plots(rows, Path(args.plots)):
+        for path in report.plots(rows, Path(args.plots), os.cpu_count()):
             out.print(f"plot: {path}")
     if args.markdown:
         Path(args.markdown).write_text(report.markdown(result, command))
