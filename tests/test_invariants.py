@@ -20,7 +20,7 @@ from agents.team import StepResult
 from orchestrator import stacks
 from orchestrator.beat import Beat
 from orchestrator.slots import slot_of
-from orchestrator.store import journal, queue
+from orchestrator.store import journal, queue, steps
 from orchestrator.worker import Worker, WorkerConfig
 from schema import tables as t
 from schema.clock import FakeClock
@@ -249,7 +249,7 @@ def test_a_step_and_its_effects_commit_together(db: Database, clock: FakeClock,
     def broken_outbox(*args: object, **kwargs: object) -> int:
         raise RuntimeError("outbox unavailable")
 
-    monkeypatch.setattr(journal, "emit_many", broken_outbox)
+    monkeypatch.setattr(steps, "emit_many", broken_outbox)
     with pytest.raises(RuntimeError), db.write() as conn:
         journal.commit_step(conn, tick_id=c.id, stack_id=sid, attempt=c.attempt, index=0,
                             result=step, started_at=clock.now(), now=clock.now(), lease_s=30.0)

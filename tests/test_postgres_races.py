@@ -24,7 +24,7 @@ from agents.llm.base import Attempt
 from agents.team import StepResult
 from orchestrator import stacks
 from orchestrator.stacks import Agents
-from orchestrator.store import journal, queue
+from orchestrator.store import journal, queue, steps
 from orchestrator.store.abc import Claimed
 from schema import tables as t
 from schema.db import Database
@@ -88,15 +88,15 @@ def paused_hold(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Eve
     """A step commit that stops right after its fencing check (the tick row updated, its
     events not yet written) until the test lets it go on."""
     reached, resume = threading.Event(), threading.Event()
-    real = journal.hold
+    real = steps.hold
 
-    def hold(*args: Any, **kwargs: Any) -> bool:
+    def hold(*args: Any, **kwargs: Any) -> Any:
         held = real(*args, **kwargs)
         reached.set()
         resume.wait(30)
         return held
 
-    monkeypatch.setattr(journal, "hold", hold)
+    monkeypatch.setattr(steps, "hold", hold)
     yield reached, resume
     resume.set()
 

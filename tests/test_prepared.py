@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, insert, select, update
 
+from orchestrator.store.groupcommit import GroupCommit
 from orchestrator.store.prepared import Prepared
 from schema import tables as t
 from schema.db import Database, touch
 from schema.migrate import upgrade
-from tests.conftest import store_of
 
 _NEW_STACK = Prepared(insert(t.stacks).returning(t.stacks.c.id, t.stacks.c.interval_s))
 _RENAME = Prepared(update(t.stacks).where(t.stacks.c.id == bindparam("sid"))
@@ -49,22 +50,25 @@ def test_expanding_parameters_are_refused(db: Database) -> None:
         stmt.all(conn, {"ids": [1]})
 
 
+def _group(db: Database, fn: Any) -> GroupCommit[str, int]:
+    """Writes grouped on the database's writer threads: `fn(conn, name)` for each."""
+    return GroupCommit(lambda names: db.transact_sync(
+        lambda conn: [fn(conn, name) for name in names]), db.writer, window_s=0.005)
+
+
 def test_grouped_writes_each_get_their_result_and_a_failure_stays_alone(
         db: Database) -> None:
-    def add(conn: object, name: str) -> int:
-        return int(_NEW_STACK.scalar(conn, _stack(name)))  # type: ignore[arg-type]
+    def add(conn: Any, name: str) -> int:
+        if name == "broken":
+            raise RuntimeError("this write fails")
+        return int(_NEW_STACK.scalar(conn, _stack(name)))
 
-    def broken(conn: object) -> None:
-        raise RuntimeError("this write fails")
-
-    store = store_of(db)
+    group = _group(db, add)
 
     async def writes() -> list[object]:
         return await asyncio.gather(
-            *(store.transact_grouped(add, f"s{i}") for i in range(20)),
-            store.transact_grouped(broken),
-            *(store.transact_grouped(add, f"t{i}") for i in range(5)),
-            return_exceptions=True)
+            *(group.write(f"s{i}") for i in range(20)), group.write("broken"),
+            *(group.write(f"t{i}") for i in range(5)), return_exceptions=True)
 
     results = asyncio.run(writes())
     errors = [r for r in results if isinstance(r, BaseException)]
@@ -76,27 +80,21 @@ def test_grouped_writes_each_get_their_result_and_a_failure_stays_alone(
 
 
 def test_grouped_writes_share_a_transaction_and_see_the_writes_before_them(
-        tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'group.db'}")  # grouping is SQLite's single writer
-    upgrade(db)
+        db: Database) -> None:
     commits: list[frozenset[str]] = []
     db.add_commit_listener(commits.append)
 
-    def add_and_count(conn: object, name: str) -> int:
-        _NEW_STACK.one(conn, _stack(name))  # type: ignore[arg-type]
-        touch(conn, "stacks")  # type: ignore[arg-type]
-        return len(_BY_STATE.all(conn, {}))  # type: ignore[arg-type]
+    def add_and_count(conn: Any, name: str) -> int:
+        _NEW_STACK.one(conn, _stack(name))
+        touch(conn, "stacks")
+        return len(_BY_STATE.all(conn, {}))
 
-    store = store_of(db)
+    group = _group(db, add_and_count)
 
     async def writes() -> list[int]:
-        return await asyncio.gather(*(store.transact_grouped(add_and_count, f"s{i}")
-                                      for i in range(10)))
+        return await asyncio.gather(*(group.write(f"s{i}") for i in range(10)))
 
-    try:
-        counts = asyncio.run(writes())
-    finally:
-        db.close()
+    counts = asyncio.run(writes())
     assert counts == list(range(1, 11))  # in turn, each seeing those before it
     assert 1 <= len(commits) < 10  # ...in fewer transactions than writes
 
@@ -104,10 +102,11 @@ def test_grouped_writes_share_a_transaction_and_see_the_writes_before_them(
 def test_grouped_writes_after_close_fail_instead_of_hanging(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'closed.db'}", group_commit_ms=5)
     upgrade(db)
+    group = _group(db, lambda conn, name: 0)
     db.close()
 
     async def write() -> None:
-        await asyncio.wait_for(store_of(db).transact_grouped(lambda conn: None), timeout=10)
+        await asyncio.wait_for(group.write("late"), timeout=10)
 
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(write())

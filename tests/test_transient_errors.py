@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 import schema.db
 from agents.llm.base import Attempt
 from agents.team import StepResult
-from orchestrator.store import journal
+from orchestrator.store import journal, steps
 from schema import tables as t
 from schema.clock import FakeClock
 from schema.db import Database, is_retry
@@ -174,7 +174,7 @@ def test_a_transient_failure_mid_step_commit_is_journaled_once(
     (c,) = asyncio.run(raw_claim(db, clock))
     store = store_of(db)
     fail = [True]
-    real_emit = journal.emit_many
+    real_emit = steps.emit_many
 
     def flaky_emit(*args: Any, **kwargs: Any) -> int:
         if fail:
@@ -182,7 +182,7 @@ def test_a_transient_failure_mid_step_commit_is_journaled_once(
             raise lost_connection()
         return real_emit(*args, **kwargs)
 
-    monkeypatch.setattr(journal, "emit_many", flaky_emit)
+    monkeypatch.setattr(steps, "emit_many", flaky_emit)
     spent = Attempt("sim", "simulated", "ok", 1.0, clock.now(), input_tokens=3)
     step = StepResult("planner", "succeeded", [], output=PlannerOutput(task="x"),
                       attempts=[spent])
@@ -200,7 +200,7 @@ def test_one_transient_error_in_a_grouped_step_commit_is_retried(
     error runs again on its own, retried, instead of stalling its tick for a lease."""
     monkeypatch.setattr(schema.db, "BACKOFF_S", 0.001)
     fail = [True]
-    real = journal.emit_many
+    real = steps.emit_many
 
     def flaky(*args: Any, **kwargs: Any) -> int:
         if fail:
@@ -208,7 +208,7 @@ def test_one_transient_error_in_a_grouped_step_commit_is_retried(
             raise OperationalError("stmt", {}, Exception("database is locked"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(journal, "emit_many", flaky)
+    monkeypatch.setattr(steps, "emit_many", flaky)
     with build_runtime(db_url, clock, llm=ScriptedLLM(clock)) as rt:
         sid = new_stack(rt.db, clock, "flaky")
         asyncio.run(run_queued(rt))

@@ -84,6 +84,15 @@ class Dialect(Protocol):
     def ids(self, values: Sequence[int]) -> Any:
         """The bound value of a `one_of` parameter."""
 
+    def rows(self, name: str, columns: Sequence[tuple[str, Any]]) -> Any:
+        """A table-valued source of many rows bound as one parameter set named `name`
+        (`rows_params`): one statement, compiled once, for any number of rows. Its columns
+        are `.c.<column>`, of the SQLAlchemy types given; rows come out in the order bound."""
+
+    def rows_params(self, name: str, columns: Sequence[tuple[str, Any]],
+                    rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        """The bound values of a `rows` source: `rows` are tuples in the order of `columns`."""
+
     def locked_cte(self, pick: Any, name: str) -> Any:
         """The CTE of a locking pick (`SELECT … FOR UPDATE SKIP LOCKED LIMIT n`), evaluated
         once."""
@@ -110,11 +119,6 @@ class Store(Protocol):
                        **kwargs: P.kwargs) -> T:
         """`fn(conn, ...)` in one write transaction, retried when it fails for a transient
         reason (a deadlock, a serialization failure, a lost connection)."""
-
-    async def transact_grouped(self, fn: Callable[Concatenate[Connection, P], T],
-                               *args: P.args, **kwargs: P.kwargs) -> T:
-        """`transact`, where the store may share one transaction between several callers
-        (group commit); each still sees the writes of those before it."""
 
     async def query(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args,
                     **kwargs: P.kwargs) -> T:
@@ -156,7 +160,8 @@ class Store(Protocol):
                           now: float, lease_s: float, final: tuple[str, str | None] | None
                           ) -> bool:
         """Journal one step with its effects (and, with `final`, finalise the tick) in one
-        transaction; False, writing nothing, when this attempt no longer holds the tick."""
+        transaction, which steps arriving together share (group commit); False, writing
+        nothing, when this attempt no longer holds the tick."""
 
     async def finalize(self, tick: Claimed, status: str, reason: str | None, now: float
                        ) -> dict[str, Any] | None:

@@ -15,9 +15,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection
 
-from orchestrator.store import journal, outbox, queue
+from orchestrator.store import journal, outbox, queue, steps
 from orchestrator.store.abc import Claimed, Dialect, Journal
+from orchestrator.store.groupcommit import GroupCommit
 from orchestrator.store.hooks import bind
+from orchestrator.store.steps import StepWrite
 from schema.db import Database
 
 P = ParamSpec("P")
@@ -49,6 +51,13 @@ class SQLStore:
     def __init__(self, db: Database, dialect: Dialect) -> None:
         self.db = db
         self.dialect = dialect
+        # Journaled steps that arrive within the window share one transaction (group commit;
+        # on SQLite, on its one writer thread).
+        self._steps: GroupCommit[StepWrite, bool] = GroupCommit(
+            self._commit_group, db.writer, db.group_commit_s)
+
+    def _commit_group(self, writes: list[StepWrite]) -> list[bool]:
+        return self.db.transact_sync(self._bound(steps.commit_steps), writes)
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -64,10 +73,6 @@ class SQLStore:
     async def transact(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args,
                        **kwargs: P.kwargs) -> T:
         return await self.db.transact(self._bound(fn), *args, **kwargs)
-
-    async def transact_grouped(self, fn: Callable[Concatenate[Connection, P], T],
-                               *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self.transact(fn, *args, **kwargs)
 
     async def query(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args,
                     **kwargs: P.kwargs) -> T:
@@ -118,15 +123,12 @@ class SQLStore:
     async def commit_step(self, tick: Claimed, index: int, result: Any, started_at: float,
                           now: float, lease_s: float, final: tuple[str, str | None] | None
                           ) -> bool:
-        return await self.transact_grouped(
-            journal.commit_step, tick_id=tick.id, stack_id=tick.stack_id, attempt=tick.attempt,
-            index=index, result=result, started_at=started_at, now=now, lease_s=lease_s,
-            final=final)
+        return await self._steps.write(StepWrite(tick, index, result, started_at, now, lease_s,
+                                                 final))
 
     async def finalize(self, tick: Claimed, status: str, reason: str | None, now: float
                        ) -> dict[str, Any] | None:
-        return await self.transact_grouped(queue.finalize, tick.id, tick.attempt, status,
-                                           reason, now)
+        return await self.transact(queue.finalize, tick.id, tick.attempt, status, reason, now)
 
     # -- the outbox ---------------------------------------------------------------------------
 

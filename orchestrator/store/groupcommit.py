@@ -1,13 +1,16 @@
-"""Group commit: writes queued while the single writer is busy share its next transaction.
+"""Group commit: writes that arrive together share one transaction.
 
-On SQLite every write goes through one writer thread. Run one by one, each write pays for
-its own BEGIN and COMMIT (the COMMIT writes every page it touched to the WAL: ~45 % of a
-journaled step's cost) and for two thread hand-offs. Here the first write of a group waits
-`window_s` for company on the event loop, then the writer takes everything queued into one
-transaction; writes queued while it runs go in the next group at once. The writer runs one
-group at a time and gives way between groups, so other writes (a claim) never wait behind a
-stream of groups. Measured on the 2-core machine (`python -m load_tests.micro`): a journaled
-step costs ~284 µs of CPU alone, ~183 µs in groups of 4, ~141 µs in groups of 8.
+Run one by one, each journaled step pays for its own transaction: a BEGIN, a dozen statements
+with their round trips, a COMMIT (on SQLite, one WAL write of every page it touched), and two
+thread hand-offs. Here the first write of a group waits `window_s` for company on the event
+loop; then one thread takes everything queued and runs it as one group (`run_group(items)`:
+one transaction, multi-row statements, see `steps.commit_steps`). Writes queued while a group
+runs go in the next group, at once. One group runs at a time, and the thread gives way
+between groups, so other writes (a claim) never wait behind a stream of them.
+
+Each write keeps its own outcome. If a group fails as a whole (after the database's retries
+of transient failures), each of its writes runs again in a group of its own, so one bad
+write fails alone.
 """
 
 from __future__ import annotations
@@ -17,22 +20,21 @@ import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection
+I = TypeVar("I")  # noqa: E741 - an item
+R = TypeVar("R")  # its outcome
 
-Job = tuple[Callable[[Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+Job = tuple[Any, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
-class GroupCommit:
-    def __init__(self, write: Callable[[], contextlib.AbstractContextManager[Connection]],
-                 executor: Executor, window_s: float = 0.0, max_group: int = 256,
-                 alone: Callable[[Callable[[Connection], Any]], Any] | None = None) -> None:
-        """`alone(fn)` runs one write in its own transaction (by default in `write()`; the
-        store passes the database's, which retries transient failures)."""
-        self._write = write
-        self._run_alone = alone or self._plain
+class GroupCommit(Generic[I, R]):
+    def __init__(self, run_group: Callable[[list[I]], list[R]], executor: Executor,
+                 window_s: float = 0.0, max_group: int = 500) -> None:
+        """`run_group(items)` writes items in one transaction and returns one outcome each;
+        it runs on `executor`'s threads."""
+        self._run_group = run_group
         self._executor = executor
         self._window_s = window_s
         self._max = max_group
@@ -40,17 +42,20 @@ class GroupCommit:
         self._queue: list[Job] = []
         self._draining = False
 
-    def add(self, fn: Callable[[Connection], Any], future: asyncio.Future[Any],
-            loop: asyncio.AbstractEventLoop) -> None:
+    async def write(self, item: I) -> R:
+        """Queue `item` for the next group; its outcome once that group committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         with self._lock:
-            self._queue.append((fn, future, loop))
-            if self._draining:
-                return
+            self._queue.append((item, future, loop))
+            start = not self._draining
             self._draining = True
-        if self._window_s > 0:
-            loop.call_later(self._window_s, self._submit)
-        else:
-            self._submit()
+        if start:
+            if self._window_s > 0:
+                loop.call_later(self._window_s, self._submit)
+            else:
+                self._submit()
+        return await future
 
     def _submit(self) -> None:
         try:
@@ -78,26 +83,21 @@ class GroupCommit:
             if not self._queue:
                 self._draining = False
                 return
-        self._submit()  # behind whatever else the writer was given meanwhile
+        self._submit()  # behind whatever else the thread was given meanwhile
 
     def _run(self, jobs: list[Job]) -> list[Outcome]:
         if len(jobs) > 1:
             try:
-                with self._write() as conn:
-                    results = [fn(conn) for fn, _, _ in jobs]
+                results = self._run_group([item for item, _, _ in jobs])
                 return [(future, result, None)
                         for (_, future, _), result in zip(jobs, results, strict=True)]
             except Exception:  # rolled back: each runs again on its own
                 pass
-        return [self._alone(fn, future) for fn, future, _ in jobs]
+        return [self._alone(item, future) for item, future, _ in jobs]
 
-    def _plain(self, fn: Callable[[Connection], Any]) -> Any:
-        with self._write() as conn:
-            return fn(conn)
-
-    def _alone(self, fn: Callable[[Connection], Any], future: asyncio.Future[Any]) -> Outcome:
+    def _alone(self, item: I, future: asyncio.Future[Any]) -> Outcome:
         try:
-            return future, self._run_alone(fn), None
+            return future, self._run_group([item])[0], None
         except Exception as exc:  # handed to the coroutine waiting for it
             return future, None, exc
 
@@ -110,5 +110,3 @@ def _settle(outcomes: list[Outcome]) -> None:
             future.set_exception(error)
         else:
             future.set_result(result)
-
-

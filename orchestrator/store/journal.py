@@ -1,12 +1,10 @@
-"""The step journal: what a tick has done so far, and committing one step with its effects.
+"""The step journal: what a tick has done so far.
 
-A step's row, its LLM attempts, its effects (memory, messages, artifacts, the stack becoming
-`completed`) and its events commit in one transaction, after a fencing check that this attempt
-still holds the tick. A retried tick reads the journal and replays finished steps from it.
-
-A step commit locks its stack's row first (FOR NO KEY UPDATE: a fan-out's FOR KEY SHARE does not
-wait for it, a pause's FOR UPDATE does), then its tick (the fencing check), then the rest: the
-order every transaction follows, so a play or pause racing a step cannot deadlock with it.
+A tick starts from its stack, the stack's memory and recent history, and the steps an earlier
+attempt of it finished; a retried tick replays those from here and calls no model for them.
+Steps are written by `steps.commit_steps` (a group of them in one transaction), each with its
+LLM attempts, its effects and its events, after a fencing check that its attempt still holds
+the tick.
 """
 
 from __future__ import annotations
@@ -15,56 +13,20 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, func, select
 
 from agents.base import ArtifactView, MessageView, StackView
 from agents.team import StepResult
-from orchestrator.store import usage
 from orchestrator.store.abc import Claimed, Dialect, Journal
 from orchestrator.store.hooks import dialect_of
-from orchestrator.store.outbox import emit_many
 from orchestrator.store.prepared import Prepared
-from orchestrator.store.queue import finalize, hold
-from orchestrator.store.spend import Spend
+from orchestrator.store.steps import StepWrite, commit_steps
 from schema import tables as t
-from schema.db import is_retry
-from schema.events import STACK_UPDATED, STEP_FINISHED
-from schema.read import stack_patch
 
 __all__ = ["Journal"]
 
 
-# Built once, run on the driver's cursor (see schema.prepared): a tick runs dozens of these.
 HISTORY = 5
-_INSERT_STEP = Prepared(insert(t.steps).returning(t.steps.c.id))
-_INSERT_ATTEMPT = Prepared(insert(t.llm_attempts))
-_INSERT_MESSAGE = Prepared(insert(t.messages))
-_INSERT_ARTIFACT = Prepared(insert(t.artifacts))
-_COMPLETE = Prepared(update(t.stacks)
-                     .where(t.stacks.c.id == bindparam("stack_id"),
-                            t.stacks.c.execution_state == "running")
-                     .values(execution_state="completed", updated_at=bindparam("now"),
-                             pause_reason=None)
-                     .returning(*t.stacks.c))
-
-
-# FOR NO KEY UPDATE on PostgreSQL (SQLite has one writer and no row locks).
-_LOCK_STACK = Prepared(select(t.stacks.c.id).where(t.stacks.c.id == bindparam("stack_id"))
-                       .with_for_update(key_share=True))
-_STEP_DONE = Prepared(select(t.steps.c.id).where(t.steps.c.tick_id == bindparam("tick_id"),
-                                                 t.steps.c.index == bindparam("index"),
-                                                 t.steps.c.attempt == bindparam("b_attempt")))
-
-
-def _upsert(dialect: Dialect) -> Any:
-    stmt = dialect.insert(t.memories)
-    return stmt.on_conflict_do_update(
-        index_elements=["stack_id", "key"],
-        set_={"value": stmt.excluded.value, "tick_id": stmt.excluded.tick_id,
-              "updated_at": stmt.excluded.updated_at})
-
-
-_UPSERT_MEMORY = Prepared(_upsert)
 
 
 def load(conn: Connection, tick_id: int, stack_id: int, attempt: int = 2) -> Journal:
@@ -140,55 +102,9 @@ def load_many(conn: Connection, ticks: Iterable[Claimed]) -> dict[int, Journal]:
 def commit_step(conn: Connection, *, tick_id: int, stack_id: int, attempt: int, index: int,
                 result: StepResult, started_at: float, now: float, lease_s: float,
                 final: tuple[str, str | None] | None = None) -> bool:
-    """Journal one step; with `final` (status, reason), finalise the tick in the same
-    transaction. Returns False, writing nothing, when this attempt no longer holds the tick."""
-    spend = Spend.of(result.attempts)
-    _LOCK_STACK.all(conn, {"stack_id": stack_id})
-    if is_retry(conn) and _STEP_DONE.one(conn, {"tick_id": tick_id, "index": index,
-                                                "b_attempt": attempt}):
-        return True  # an earlier try of this transaction committed; only its answer was lost
-    if not hold(conn, tick_id, attempt, now, lease_s, spend):
-        return False
-    output = result.output.model_dump(mode="json") if result.output is not None else None
-    step_id = _INSERT_STEP.scalar(conn, {
-        "tick_id": tick_id, "index": index, "agent": result.agent, "status": result.status,
-        "attempt": attempt, "started_at": started_at, "finished_at": now,
-        "prompt": orjson.dumps(result.prompt).decode(),
-        "output": orjson.dumps(output).decode() if output is not None else None,
-        "raw_output": result.raw_output, "error": result.error,
-    })
-    if result.attempts:
-        _INSERT_ATTEMPT.many(conn, [
-            {"step_id": step_id, "tick_id": tick_id, "seq": seq, "provider": a.provider,
-             "model": a.model, "status": a.status, "latency_ms": a.latency_ms,
-             "input_tokens": a.input_tokens, "output_tokens": a.output_tokens,
-             "cost_usd": a.cost_usd, "error": a.error, "retry_after_s": a.retry_after_s,
-             "started_at": a.started_at} for seq, a in enumerate(result.attempts)])
-    fx = result.effects
-    if fx.memory:
-        _UPSERT_MEMORY.many(conn, [{"stack_id": stack_id, "key": k, "value": v, "tick_id": tick_id,
-                               "updated_at": now} for k, v in fx.memory.items()])
-    if fx.messages:
-        _INSERT_MESSAGE.many(conn, [
-            {"stack_id": stack_id, "tick_id": tick_id, "agent": result.agent, "body": body,
-             "created_at": now} for body in fx.messages])
-    if fx.artifacts:
-        _INSERT_ARTIFACT.many(conn, [
-            {"stack_id": stack_id, "tick_id": tick_id, "agent": result.agent, "title": title,
-             "content": content, "created_at": now} for title, content in fx.artifacts])
-    events: list[Any] = [(STEP_FINISHED, stack_id, tick_id, {
-        "tick_id": tick_id, "stack_id": stack_id, "index": index, "agent": result.agent,
-        "status": result.status, "error": result.error,
-        "duration_ms": round((now - started_at) * 1000, 3),
-        "attempts": [{"provider": a.provider, "model": a.model, "status": a.status,
-                      "latency_ms": a.latency_ms, "input_tokens": a.input_tokens,
-                      "output_tokens": a.output_tokens, "cost_usd": a.cost_usd}
-                     for a in result.attempts]})]
-    events.extend(usage.record(conn, stack_id, spend, now))
-    if fx.complete_stack:
-        for row in _COMPLETE.dicts(conn, {"stack_id": stack_id, "now": now}):
-            events.append((STACK_UPDATED, stack_id, None, stack_patch(row)))
-    emit_many(conn, now, events)
-    if final is not None:
-        finalize(conn, tick_id, attempt, final[0], final[1], now)
-    return True
+    """Journal one step (see `steps.commit_steps`, which journals a group in one
+    transaction); with `final` (status, reason), finalise the tick in the same transaction.
+    Returns False, writing nothing, when this attempt no longer holds the tick."""
+    tick = Claimed(tick_id, stack_id, None, attempt, 0.0)
+    return commit_steps(conn, [StepWrite(tick, index, result, started_at, now, lease_s,
+                                         final)])[0]

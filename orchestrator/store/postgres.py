@@ -25,7 +25,10 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Float,
+    Integer,
+    String,
     Table,
+    Text,
     bindparam,
     func,
     insert,
@@ -49,7 +52,16 @@ LeaseClock = Literal["database", "process"]
 _XID: ColumnElement[int] = literal_column("(pg_current_xact_id()::text::bigint)", BigInteger)
 _HORIZON: ColumnElement[int] = literal_column(
     "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint)", BigInteger)
-_INSERT_EVENTS = Prepared(insert(t.events).values(id=_XID * ID_SHIFT + bindparam("n")))
+EVENT_COLUMNS = (("n", BigInteger()), ("kind", String()), ("stack_id", Integer()),
+                 ("tick_id", BigInteger()), ("data", Text()), ("created_at", Float()))
+
+
+def _insert_events(dialect: PostgresDialect) -> Any:
+    v = dialect.rows("ev", EVENT_COLUMNS)
+    return insert(t.events).from_select(
+        ["id", "kind", "stack_id", "tick_id", "data", "created_at"],
+        select_(_XID * ID_SHIFT + v.c.n, v.c.kind, v.c.stack_id, v.c.tick_id, v.c.data,
+                v.c.created_at))
 _SAFE_EVENTS = Prepared(select_(t.events)
                         .where(t.events.c.id > bindparam("after"),
                                t.events.c.id < _HORIZON * ID_SHIFT)
@@ -79,26 +91,48 @@ class PostgresDialect:
     def ids(self, values: Sequence[int]) -> Any:
         return list(values)
 
+    def rows(self, name: str, columns: Sequence[tuple[str, Any]]) -> Any:
+        # unnest(array, array, ...): one typed array per column, row i from element i.
+        arrays = [bindparam(f"{name}_{i}", type_=postgresql.ARRAY(type_))
+                  for i, (_, type_) in enumerate(columns)]
+        return (func.unnest(*arrays).table_valued(*(c for c, _ in columns))
+                .render_derived(name=name))
+
+    def rows_params(self, name: str, columns: Sequence[tuple[str, Any]],
+                    rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i, (_, type_) in enumerate(columns):
+            values = [r[i] for r in rows]
+            if isinstance(type_, Float):  # one Python type per array: 1 and 1.5 are floats
+                values = [None if v is None else float(v) for v in values]
+            out[f"{name}_{i}"] = values
+        return out
+
     def locked_cte(self, pick: Any, name: str) -> Any:
         # Evaluated once: as a plain IN-subquery, PostgreSQL may rescan the locking subquery
         # for each row it updates, and the rescans pick other rows (more than the limit).
         return pick.cte(name).prefix_with("MATERIALIZED")
 
     def emit(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        # Number the transaction's events from 0, in the order written.
+        # Number the transaction's events from 0, in the order written; one statement.
         tx = conn.get_transaction()
         seen = conn.info.get(_COUNTER)
         first = seen[1] if seen is not None and seen[0] is tx else 0
         if first + len(rows) >= ID_SHIFT:
             raise ValueError(f"a transaction may write at most {ID_SHIFT - 1} events")
         conn.info[_COUNTER] = (tx, first + len(rows))
-        _INSERT_EVENTS.many(conn, [{**r, "n": first + i} for i, r in enumerate(rows)])
+        _INSERT_EVENTS.run(conn, self.rows_params("ev", EVENT_COLUMNS, [
+            (first + i, r["kind"], r["stack_id"], r["tick_id"], r["data"], r["created_at"])
+            for i, r in enumerate(rows)])).close()
 
     def safe_events(self, conn: Connection, after: int, limit: int) -> list[dict[str, Any]]:
         return _SAFE_EVENTS.dicts(conn, {"after": after, "lim": limit})
 
     def safe_end(self, conn: Connection) -> int:
         return int(_SAFE_END.scalar(conn, {}))
+
+
+_INSERT_EVENTS = Prepared(_insert_events)  # type: ignore[arg-type]
 
 
 class PostgresStore(SQLStore):

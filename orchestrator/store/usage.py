@@ -59,6 +59,13 @@ def record(conn: Connection, stack_id: int, spend: Spend, now: float) -> list[Ev
     tokens, usd = _ADD_USAGE.one(conn, {  # type: ignore[misc]
         "b_stack": stack_id, "b_day": day_of(now), "calls": spend.calls,
         "tin": spend.input_tokens, "tout": spend.output_tokens, "cost": spend.cost_usd})
+    return pause_if_crossed(conn, stack_id, tokens, usd, now)
+
+
+def pause_if_crossed(conn: Connection, stack_id: int, tokens: int, usd: float, now: float
+                     ) -> list[Event]:
+    """Pause a running stack whose spend today (`tokens`, `usd`) reached its budget, and
+    cancel its queued ticks; returns the events to write."""
     rows = _PAUSE_IF_CROSSED.dicts(conn, {"stack_id": stack_id, "tokens": tokens, "usd": usd,
                                           "now": now})
     if not rows:
