@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -30,12 +31,14 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    cast,
     func,
     insert,
     literal_column,
 )
 from sqlalchemy import select as select_
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from orchestrator.store.base import SQLStore
@@ -92,21 +95,18 @@ class PostgresDialect:
         return list(values)
 
     def rows(self, name: str, columns: Sequence[tuple[str, Any]]) -> Any:
-        # unnest(array, array, ...): one typed array per column, row i from element i.
-        arrays = [bindparam(f"{name}_{i}", type_=postgresql.ARRAY(type_))
-                  for i, (_, type_) in enumerate(columns)]
-        return (func.unnest(*arrays).table_valued(*(c for c, _ in columns))
-                .render_derived(name=name))
+        # One JSON array of rows, each an array of its values, unpacked by the server:
+        # the client only serialises (orjson), where typed arrays cost it a Python loop and
+        # an escape per element.
+        each = func.jsonb_array_elements(cast(bindparam(name, type_=Text), JSONB)) \
+            .table_valued("value")
+        return (select_(*(cast(each.c.value.op("->>")(i), type_).label(c)
+                         for i, (c, type_) in enumerate(columns)))
+                .cte(name).prefix_with("MATERIALIZED"))
 
     def rows_params(self, name: str, columns: Sequence[tuple[str, Any]],
                     rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for i, (_, type_) in enumerate(columns):
-            values = [r[i] for r in rows]
-            if isinstance(type_, Float):  # one Python type per array: 1 and 1.5 are floats
-                values = [None if v is None else float(v) for v in values]
-            out[f"{name}_{i}"] = values
-        return out
+        return {name: orjson.dumps(rows).decode()}
 
     def locked_cte(self, pick: Any, name: str) -> Any:
         # Evaluated once: as a plain IN-subquery, PostgreSQL may rescan the locking subquery
