@@ -1,6 +1,10 @@
 """Provider limits and breakers shared through Redis (a server of the test's own): what one
 worker spends, every worker counts; failures seen by one open the breaker for all, and one
-probe goes out fleet-wide. With Redis away, each falls back to a conservative local share."""
+probe goes out fleet-wide. With Redis away, each falls back to a conservative local share, which
+keeps its minute however often Redis comes and goes.
+
+Each process trusts what it knows of the shared state for `CACHE_S`; the tests that need time
+to pass for that run the processes' clocks on a FakeClock (Redis keeps its own)."""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ import redis.asyncio as aioredis
 
 from agents.llm.breaker import Permit
 from agents.llm.ratelimit import Refusal, Reservation
-from agents.llm.shared import RedisBreaker, RedisLimiter
-from schema.clock import SystemClock
+from agents.llm.shared import CACHE_S, RedisBreaker, RedisLimiter, SharedReservation
+from schema.clock import FakeClock, SystemClock
 from tests.redis_helpers import PrivateRedis, private_redis
 
 __all__ = ["private_redis"]  # fixture
@@ -58,12 +62,14 @@ def test_tokens_are_counted_fleet_wide_and_settled_to_what_was_used(
     a, b = _client(private_redis), _client(private_redis)
 
     async def scenario() -> None:
-        clock = SystemClock()
+        clock = FakeClock()
         one, two = (RedisLimiter(c, KEY, None, 1000, clock) for c in (a, b))
         first = await one.acquire(600)
         assert isinstance(first, Reservation)
         assert isinstance(await two.acquire(600), Refusal)  # 1,200 > 1,000
         await one.settle(first, 100)  # the call used far less than estimated
+        assert isinstance(await two.acquire(600), Refusal)  # as two last heard, for a moment
+        clock.advance(CACHE_S)
         assert isinstance(await two.acquire(600), Reservation)
 
     run(scenario, a, b)
@@ -73,15 +79,14 @@ def test_a_429_seen_by_one_holds_off_every_worker(private_redis: PrivateRedis) -
     a, b = _client(private_redis), _client(private_redis)
 
     async def scenario() -> None:
-        clock = SystemClock()
+        clock = FakeClock()
         one, two = (RedisLimiter(c, KEY, None, None, clock) for c in (a, b))
         await one.rate_limited(2.0)
         refused = await two.acquire(1)
         assert isinstance(refused, Refusal) and "429" in refused.reason
         assert 1.0 < refused.wait_s <= 2.0
-        await one.observe_headers({"x-ratelimit-remaining-requests": "0",
-                                   "x-ratelimit-reset-requests": "30s"})
         await b.delete(f"{KEY}:state")  # (the 429 forgotten; the header alone decides)
+        clock.advance(2.0)  # and the hold over where the workers remember it
         await one.observe_headers({"x-ratelimit-remaining-requests": "0",
                                    "x-ratelimit-reset-requests": "30s"})
         refused = await two.acquire(1)
@@ -109,9 +114,13 @@ def test_failures_seen_by_one_open_the_breaker_for_all_and_one_probe_goes_out(
             await asyncio.sleep(0.05)
         permits = [await one.allow(), await two.allow(), await one.allow()]
         assert permits.count(Permit.PROBE) == 1 and permits.count(None) == 2
-        prober = one if permits[0] is Permit.PROBE else two
+        prober, other = (one, two) if permits[0] is Permit.PROBE else (two, one)
+        closed = time.monotonic()
         await prober.succeeded(Permit.PROBE)
-        assert await two.allow() is Permit.CALL and await one.allow() is Permit.CALL
+        assert await prober.allow() is Permit.CALL
+        while await other.allow() is not Permit.CALL:  # within its cache time
+            assert time.monotonic() - closed < CACHE_S + 1
+            await asyncio.sleep(0.02)
 
     run(scenario, a, b)
 
@@ -130,5 +139,31 @@ def test_with_redis_away_each_worker_keeps_a_conservative_share(
         assert permit is Permit.CALL
         await breaker.failed(permit)
         assert await breaker.allow() is None
+
+    run(scenario, client)
+
+
+def test_a_flapping_redis_does_not_hand_out_a_fresh_share_each_time(
+        private_redis: PrivateRedis) -> None:
+    """Redis away, back, away again within a minute: the worker's share while away is still
+    the one minute's, not a fresh budget per flap (which let a fleet under load far exceed the
+    provider's limit)."""
+    client = _client(private_redis)
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        limiter = RedisLimiter(client, KEY, 4, None, clock, workers=lambda: 2)
+        private_redis.stop()
+        grants = [await limiter.acquire(1) for _ in range(3)]
+        assert [isinstance(g, Reservation) for g in grants] == [True, True, False]  # 4 / 2
+        private_redis.start()
+        deadline = time.monotonic() + 10
+        while not isinstance(await limiter.acquire(1), SharedReservation):  # Redis decides
+            assert time.monotonic() < deadline, "Redis did not come back"
+            await asyncio.sleep(0.05)
+        private_redis.stop()
+        assert isinstance(await limiter.acquire(1), Refusal)  # the same minute's share
+        clock.advance(60)
+        assert isinstance(await limiter.acquire(1), Reservation)  # and a new one after it
 
     run(scenario, client)
