@@ -2,7 +2,8 @@
 
 Runs the real runtime (APScheduler beat, fan-out, worker, runner, journal) on a fresh SQLite
 file with the in-process simulated model, then reads the figures back from the database:
-ticks expected and started per fired slot, beat lateness (tick start − slot), tick duration,
+ticks expected and started per fired slot, lateness (the tick's first LLM request about to go
+out − its slot) and claim lateness (the claim − the slot), tick duration,
 and the orchestrator's CPU per tick (process CPU over each beat interval divided by the ticks
 started in it; the simulated model runs in-process and its small cost is included).
 
@@ -120,8 +121,14 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
     if progress:
         print(file=sys.stderr)
     with rt.db.read() as conn:
-        first_step = (select(func.min(t.steps.c.started_at))
-                      .where(t.steps.c.tick_id == t.ticks.c.id).scalar_subquery())
+        # When work started: the tick's first LLM request about to go out (a skipped attempt
+        # sent none), else its first step beginning.
+        first_step = func.coalesce(
+            select(func.min(t.llm_attempts.c.started_at))
+            .where(t.llm_attempts.c.tick_id == t.ticks.c.id,
+                   t.llm_attempts.c.status.not_like("skipped%")).scalar_subquery(),
+            select(func.min(t.steps.c.started_at))
+            .where(t.steps.c.tick_id == t.ticks.c.id).scalar_subquery())
         rows = list(conn.execute(select(
             t.ticks.c.slot, t.ticks.c.status, t.ticks.c.scheduled_at, t.ticks.c.started_at,
             t.ticks.c.finished_at, t.ticks.c.reason, first_step.label("first_step"))
@@ -172,8 +179,8 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
         "failure_reasons": dict(Counter(r.reason for r in rows
                                         if r.status in ("failed", "timed_out")).most_common(5)),
         "started_share": len(started) / (stacks * len(slots)) if slots else 0.0,
-        # Lateness: the first agent step beginning − the slot (when work really starts);
-        # claim lateness: the claim's timestamp − the slot.
+        # Lateness: the tick's first LLM request about to go out − the slot (when work really
+        # starts); claim lateness: the claim's timestamp − the slot.
         "lateness_ms": summary(lateness), "claim_lateness_ms": summary(claim_lateness),
         "tick_duration_ms": summary(durations),
         "cpu_ms_per_tick": cpu, "cpu_ms_per_tick_by_interval": cpu_per_tick,

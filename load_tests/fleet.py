@@ -6,7 +6,7 @@ Figures come from outside the processes: the database (ticks, steps, attempts), 
 client (each event's arrival minus its commit stamp: worker commit → dashboard client), each
 process's
 CPU (from /proc, between the first fired slot and the end), the database server's CPU, and a
-sampler that asks PostgreSQL every few milliseconds which transactions wait for a lock and since
+sampler that asks PostgreSQL every 20 ms which transactions wait for a lock and since
 when (`pg_locks.waitstart`; the longest wait seen is reported, a lower bound by the sampling
 interval).
 
@@ -63,7 +63,7 @@ def fresh_database(server_url: str) -> Iterator[str]:
 class LockSampler:
     """Asks the server every `every_s` which backends of `database` wait for a lock."""
 
-    def __init__(self, url: str, every_s: float = 0.005) -> None:
+    def __init__(self, url: str, every_s: float = 0.02) -> None:
         self._engine = create_engine(normalise_url(url), pool_size=1)
         self._every = every_s
         self._stop = threading.Event()
@@ -270,10 +270,14 @@ def _figures(engine: Engine, began: float, ended: float, cpu0: dict[str, float],
              beats: int, interval: int, latency: str, locks: LockSampler) -> dict[str, Any]:
     with engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(text(
+            # first_step: the tick's first LLM request about to go out (a skipped attempt sent
+            # none), else its first step beginning: when work started.
             "SELECT t.slot, t.status, t.reason, t.scheduled_at, t.started_at, t.finished_at, "
-            "t.worker_id, (SELECT min(s.started_at) FROM steps s WHERE s.tick_id = t.id) "
-            "AS first_step FROM ticks t WHERE t.trigger = 'beat' AND t.scheduled_at >= :b "
-            "AND t.scheduled_at < :e"), {"b": began, "e": ended}).mappings()]
+            "t.worker_id, coalesce((SELECT min(a.started_at) FROM llm_attempts a WHERE "
+            "a.tick_id = t.id AND a.status NOT LIKE 'skipped%'), (SELECT min(s.started_at) "
+            "FROM steps s WHERE s.tick_id = t.id)) AS first_step FROM ticks t "
+            "WHERE t.trigger = 'beat' AND t.scheduled_at >= :b AND t.scheduled_at < :e"),
+            {"b": began, "e": ended}).mappings()]
     slots = sorted({r["slot"] for r in rows})
     started = [r for r in rows if r["started_at"] is not None]
     per_worker: dict[str, Counter[int]] = {}

@@ -42,8 +42,8 @@ class Fired:
 LAST_SLOT = "beat_last_slot"
 
 
-def fan_out_as(conn: Connection, slot: int, interval: int, now: float, token: int | None
-               ) -> tuple[int, int] | None:
+def fan_out_as(conn: Connection, slot: int, interval: int, now: float, token: int | None,
+               spread_s: float = 0.0) -> tuple[int, int] | None:
     """Fan out `slot` as the leader holding `token` (None: a beat that runs alone), and record
     it as the last slot fanned out. None, writing nothing, when a newer leader has fanned out
     since (its token is larger)."""
@@ -53,7 +53,7 @@ def fan_out_as(conn: Connection, slot: int, interval: int, now: float, token: in
     last = orjson.loads(row) if row else None
     if token is not None and last is not None and last.get("token", 0) > token:
         return None
-    fired = queue.fan_out(conn, slot, interval, now)
+    fired = queue.fan_out(conn, slot, interval, now, spread_s)
     keep = max(slot, last["slot"]) if last is not None else slot
     _UPSERT_META.run(conn, {"key": LAST_SLOT, "updated_at": now, "value": orjson.dumps(
         {"slot": keep, "token": token or 0}).decode()}).close()
@@ -69,8 +69,9 @@ def last_fanned_out(conn: Connection) -> int | None:
 
 class Beat:
     def __init__(self, store: Store, clock: Clock, interval: int, catchup: int = 6,
-                 leadership: Leadership | None = None) -> None:
+                 leadership: Leadership | None = None, spread_s: float = 0.0) -> None:
         self.interval = interval
+        self.spread_s = spread_s
         self._store = store
         self._clock = clock
         self._catchup = catchup
@@ -105,7 +106,7 @@ class Beat:
                                   self._catchup):
             started = self._clock.monotonic()
             done = await self._store.transact(fan_out_as, slot, self.interval,
-                                              self._clock.now(), token)
+                                              self._clock.now(), token, self.spread_s)
             if done is None:
                 log.info("a newer beat leader fanned out meanwhile; this one stops")
                 break

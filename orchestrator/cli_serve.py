@@ -14,7 +14,7 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -201,6 +201,18 @@ def _log_start(role: Role, rt: Runtime, url: str | None) -> None:
     log.info("; ".join(parts))
 
 
+def run_loop(main: Coroutine[Any, Any, None], kind: str = "uvloop") -> None:
+    """`asyncio.run(main)` on uvloop (less CPU per tick than the standard loop) or, asked for,
+    the standard library's loop."""
+    factory = None
+    if kind == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
 async def _run(role: Role, rt: Runtime, app: Any, sock: socket.socket | None) -> None:
     shutdown = Shutdown(asyncio.get_running_loop())
     with shutdown.installed():
@@ -231,7 +243,7 @@ def serve(role: Role, settings: Settings, host: str = "127.0.0.1", port: int = 8
             url = url_for(host, sock.getsockname()[1]) if sock is not None else None
             banner(role, rt, url)
             _log_start(role, rt, url)
-            asyncio.run(_run(role, rt, app, sock))
+            run_loop(_run(role, rt, app, sock), settings.event_loop)
         finally:
             rt.close()
     finally:

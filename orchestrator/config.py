@@ -7,7 +7,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -46,8 +46,14 @@ class Settings(BaseSettings):
     reap_every_s: float = Field(default=5.0, gt=0, le=3600)
     claim_batch: int = Field(default=1000, ge=1, le=100_000)
     group_commit_ms: float = Field(default=20.0, ge=0, le=1000,
-                                   description="SQLite: how long a journaled step waits to "
-                                   "share its transaction with others")
+                                   description="how long a journaled step waits to share its "
+                                   "transaction with others")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop", description="the event loop the running roles use (uvloop, or the "
+        "standard library's asyncio loop)")
+    spread_s: float = Field(default=0.0, ge=0, le=86_400,
+                            description="spread each slot's ticks over this many seconds after "
+                            "it, each stack at its own phase (0: every tick at its slot)")
     catchup_slots: int = Field(default=6, ge=0, le=1000,
                                description="missed beat slots fanned out late")
     drain_grace_s: float = Field(default=5.0, ge=0, le=3600,
@@ -97,6 +103,15 @@ class Settings(BaseSettings):
             return None
         if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be redis://HOST:PORT[/DB], rediss://… or unix:///PATH")
+        return v
+
+    @field_validator("spread_s")
+    @classmethod
+    def _spread(cls, v: float, info: ValidationInfo) -> float:
+        interval = info.data.get("tick_interval")
+        if v and interval is not None and v >= interval:
+            raise ValueError(f"must be less than the beat interval ({interval} s): each "
+                             "stack's tick is spread within its slot")
         return v
 
     @field_validator("sim_latency_ms")

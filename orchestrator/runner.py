@@ -9,13 +9,14 @@ tick whose lease has run out spends nothing more.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, select
 
 from agents.base import Agent, TickContext
-from agents.llm.base import LLM, LLMRequest, LLMResponse
+from agents.llm.base import LLM, Attempt, LLMRequest, LLMResponse
 from agents.registry import AgentRegistry, UnknownAgent
 from agents.team import run_step
 from orchestrator import stacks
@@ -26,6 +27,13 @@ from schema import tables as t
 from schema.clock import Clock
 
 log = logging.getLogger("tickwork.runner")
+
+
+def first_request(attempts: Sequence[Attempt], otherwise: float) -> float:
+    """When the first of a step's LLM requests was about to go out (a skipped attempt sent
+    none), else `otherwise`."""
+    return next((a.started_at for a in attempts if not a.status.startswith("skipped")),
+                otherwise)
 
 
 class LeaseLost(Exception):
@@ -114,12 +122,12 @@ class TickRunner:
     async def _step(self, tick: Claimed, ctx: TickContext, index: int, agent: Agent,
                     last: int, llm: LLM, lease: TickLease) -> bool:
         started = self._clock.now()
-        if index == 0:
-            self._stats.work_started(tick, started)
         seed = f"{tick.stack_id}:{tick.slot if tick.slot is not None else f't{tick.id}'}:" \
                f"{agent.name}"
         result = await run_step(agent, ctx, llm, seed)
         self._stats.step_finished(result.attempts)
+        if index == 0:  # work started when its first LLM request was about to go out
+            self._stats.work_started(tick, first_request(result.attempts, started))
         final: tuple[str, str | None] | None = None
         if result.status == "failed":
             final = ("failed", f"step {index + 1} ({agent.name}) failed: {result.error}")

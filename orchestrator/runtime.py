@@ -121,7 +121,8 @@ class Runtime:
             peers=lambda: membership.workers)
         reaper = Reaper(store, clock, settings.max_attempts, settings.reap_every_s)
         retention = Retention(store, clock, settings.retention_days)
-        beat = Beat(store, clock, settings.tick_interval, settings.catchup_slots)
+        beat = Beat(store, clock, settings.tick_interval, settings.catchup_slots,
+                    spread_s=settings.spread_s)
         token = (settings.admin_token.get_secret_value() if settings.admin_token
                  else secrets.token_urlsafe(24))
         return cls(settings, clock, db, store, bus, registry, llm, chain, runner, worker,

@@ -112,6 +112,9 @@ class Worker:
     async def _run(self, tick: Claimed, state: Journal | None, lease: Lease) -> None:
         started = self._clock.monotonic()
         try:
+            early = tick.scheduled_at - self._clock.now()
+            if early > 0:  # scheduled at its phase after the slot (TICKWORK_SPREAD_S)
+                await self._clock.sleep(early)
             await within(self._clock, self._cfg.tick_timeout_s,
                          self._runner.run(tick, state, lease))
         except TimeoutError:

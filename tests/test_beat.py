@@ -15,12 +15,15 @@ from schema.db import Database
 from tests.conftest import store_of, wait_for
 from tests.engine_helpers import (
     BEAT,
+    ScriptedLLM,
+    build_runtime,
     events_of,
     in_threads,
     new_stack,
     per_stack_slot,
     raw_claim,
     settle,
+    steps_of,
     ticks_of,
 )
 
@@ -48,6 +51,22 @@ def test_a_fire_fans_out_the_current_slot_once(db: Database, clock: FakeClock) -
         assert row["queued_at"] == clock.now()
     assert len(ticks_of(db)) == 4  # two start ticks, two beat ticks; nothing for "p"
     assert beat.history == fired
+
+
+def test_a_spread_gives_each_stack_its_own_phase_within_the_slot(db: Database,
+                                                                  clock: FakeClock) -> None:
+    """TICKWORK_SPREAD_S: each stack's tick is scheduled at its own phase in [slot, slot +
+    spread), the phases covering the spread evenly; a worker starts none before its time."""
+    ids = [new_stack(db, clock, f"s{i}") for i in range(40)]
+    settle(db, clock)
+    clock.advance(BEAT)
+    asyncio.run(Beat(store_of(db), clock, BEAT, spread_s=8.0).fire())
+    slot = slot_of(clock.now(), BEAT)
+    phases = sorted(beat_rows(db, sid)[0]["scheduled_at"] - slot * BEAT for sid in ids)
+    assert all(0 <= p < 8.0 for p in phases)
+    assert len(set(phases)) == len(phases)
+    quarters = [sum(1 for p in phases if q * 2 <= p < (q + 1) * 2) for q in range(4)]
+    assert min(quarters) >= 6, quarters  # 40 stacks over four 2 s quarters: about 10 each
 
 
 def test_a_late_fire_catches_up_missed_slots(db: Database, clock: FakeClock) -> None:
@@ -200,3 +219,29 @@ def test_the_scheduler_fans_out_when_its_job_runs(db: Database, clock: FakeClock
     slot = slot_of(clock.now(), BEAT)
     assert [(f.slot, f.queued) for f in beat.history] == [(slot, 1)]
     assert [(r["slot"], r["status"]) for r in beat_rows(db, sid)] == [(slot, "queued")]
+
+
+def test_a_worker_starts_a_spread_tick_at_its_phase_not_before(db_url: str,
+                                                              clock: FakeClock) -> None:
+    llm = ScriptedLLM(clock)
+    with build_runtime(db_url, clock, llm=llm, spread_s=8.0) as rt:
+        sid = new_stack(rt.db, clock, "a")
+        settle(rt.db, clock)
+        clock.advance(BEAT)
+
+        async def run() -> float:
+            await rt.beat.fire()
+            (tick,) = await rt.worker.claim_once()
+            phase = tick.scheduled_at - clock.now()
+            await wait_for(lambda: clock.sleepers > 0, what="the tick to wait for its phase")
+            assert llm.calls == []  # claimed, not started
+            clock.advance(phase)
+            await wait_for(lambda: rt.worker.running == 0, what="the tick to run")
+            return phase
+
+        phase = asyncio.run(run())
+        assert 0 < phase < 8.0
+        (row,) = beat_rows(rt.db, sid)
+        assert row["status"] == "succeeded"
+        first = min(s["started_at"] for s in steps_of(rt.db, row["id"]))
+        assert first >= row["scheduled_at"]

@@ -5,8 +5,11 @@ with their round trips, a COMMIT (on SQLite, one WAL write of every page it touc
 thread hand-offs. Here the first write of a group waits `window_s` for company on the event
 loop; then one thread takes everything queued and runs it as one group (`run_group(items)`:
 one transaction, multi-row statements, see `steps.commit_steps`). Writes queued while a group
-runs go in the next group, at once. One group runs at a time, and the thread gives way
-between groups, so other writes (a claim) never wait behind a stream of them.
+runs go in the next group, which starts once its first write has waited `window_s` too (at
+once if it already has): under a steady stream a group gathers a window's worth of writes
+instead of the few that arrived while the one before it ran. One group runs at a time, and
+the thread gives way between groups, so other writes (a claim) never wait behind a stream of
+them.
 
 Each write keeps its own outcome. If a group fails as a whole (after the database's retries
 of transient failures), each of its writes runs again in a group of its own, so one bad
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Generic, TypeVar
@@ -25,7 +29,7 @@ from typing import Any, Generic, TypeVar
 I = TypeVar("I")  # noqa: E741 - an item
 R = TypeVar("R")  # its outcome
 
-Job = tuple[Any, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+Job = tuple[Any, "asyncio.Future[Any]", asyncio.AbstractEventLoop, float]  # (…, queued at)
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
@@ -47,7 +51,7 @@ class GroupCommit(Generic[I, R]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         with self._lock:
-            self._queue.append((item, future, loop))
+            self._queue.append((item, future, loop, time.monotonic()))
             start = not self._draining
             self._draining = True
         if start:
@@ -63,7 +67,7 @@ class GroupCommit(Generic[I, R]):
         except RuntimeError:  # the database was closed: what is queued fails, nothing hangs
             with self._lock:
                 jobs, self._queue, self._draining = self._queue, [], False
-            for _, future, loop in jobs:
+            for _, future, loop, _ in jobs:
                 failed: list[Outcome] = [(future, None, RuntimeError("the database is closed"))]
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_settle, failed)
@@ -74,7 +78,7 @@ class GroupCommit(Generic[I, R]):
         if jobs:
             outcomes = self._run(jobs)
             by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
-            for (_, _, loop), outcome in zip(jobs, outcomes, strict=True):
+            for (_, _, loop, _), outcome in zip(jobs, outcomes, strict=True):
                 by_loop.setdefault(loop, []).append(outcome)
             for loop, done in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop has closed
@@ -83,17 +87,25 @@ class GroupCommit(Generic[I, R]):
             if not self._queue:
                 self._draining = False
                 return
-        self._submit()  # behind whatever else the thread was given meanwhile
+            _, _, loop, queued_at = self._queue[0]
+        wait = self._window_s - (time.monotonic() - queued_at)
+        if wait <= 0:
+            self._submit()  # behind whatever else the thread was given meanwhile
+            return
+        try:
+            loop.call_soon_threadsafe(loop.call_later, wait, self._submit)
+        except RuntimeError:  # that loop has closed
+            self._submit()
 
     def _run(self, jobs: list[Job]) -> list[Outcome]:
         if len(jobs) > 1:
             try:
-                results = self._run_group([item for item, _, _ in jobs])
+                results = self._run_group([item for item, _, _, _ in jobs])
                 return [(future, result, None)
-                        for (_, future, _), result in zip(jobs, results, strict=True)]
+                        for (_, future, _, _), result in zip(jobs, results, strict=True)]
             except Exception:  # rolled back: each runs again on its own
                 pass
-        return [self._alone(item, future) for item, future, _ in jobs]
+        return [self._alone(item, future) for item, future, _, _ in jobs]
 
     def _alone(self, item: I, future: asyncio.Future[Any]) -> Outcome:
         try:

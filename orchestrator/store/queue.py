@@ -64,9 +64,13 @@ def _fan_out(dialect: Dialect) -> Any:
     reason = case((active == "queued", literal(REASON_PREV_QUEUED)),
                   (active == "running", literal(REASON_PREV_RUNNING)), else_=None)
     now = bindparam("now", type_=Float)
+    # The stack's phase within the slot (TICKWORK_SPREAD_S): Fibonacci hashing of its id, so
+    # consecutive stacks fall far apart and any run of them covers the spread evenly.
+    phase = (t.stacks.c.id * 40503 % 65536) / 65536.0 * bindparam("spread", type_=Float)
     source = (
         select(t.stacks.c.id, bindparam("slot", type_=BigInteger),
-               bindparam("fire", type_=Float), literal("beat"), status, literal(1), reason, now,
+               bindparam("fire", type_=Float) + phase, literal("beat"), status, literal(1),
+               reason, now,
                case((active.is_(None), None), else_=now))
         .where(t.stacks.c.execution_state == "running",
                bindparam("fire_s", type_=BigInteger)
@@ -86,16 +90,18 @@ def _fan_out(dialect: Dialect) -> Any:
 _FAN_OUT = Prepared(_fan_out)
 
 
-def fan_out(conn: Connection, slot: int, interval: int, now: float) -> tuple[int, int]:
+def fan_out(conn: Connection, slot: int, interval: int, now: float, spread_s: float = 0.0
+            ) -> tuple[int, int]:
     """Insert one tick for `slot` for every due running stack, in one statement.
 
     Insert-if-absent on (stack_id, slot): two beats firing the same slot insert one row.
     A stack whose previous tick is still queued or running gets a `skipped` row instead.
-    Returns (queued, skipped).
+    With `spread_s`, each stack's tick is scheduled at its own phase in [0, spread_s) after
+    the slot (a worker starts it no sooner). Returns (queued, skipped).
     """
     fire = slot * interval
     rows = _FAN_OUT.dicts(conn, {"slot": slot, "fire": float(fire), "fire_s": fire,
-                                 "interval": interval, "now": now})
+                                 "interval": interval, "now": now, "spread": float(spread_s)})
     queued = sum(1 for r in rows if r["status"] == "queued")
     if queued < len(rows):
         count_ticks(conn, [r for r in rows if r["status"] == "skipped"], now)
