@@ -10,9 +10,9 @@ ConnectionFailed, and any other GroqError (an unreadable response) → ServerErr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import groq
+import httpx
 
 from agents.llm.adapter import ChatAdapter, error_for_status, rate_headers, short
 from agents.llm.base import ConnectionFailed, ProviderError, ServerError, Timeout
@@ -22,6 +22,8 @@ from schema.clock import Clock
 
 class GroqLLM(ChatAdapter):
     provider_name = "groq"
+    path = "/openai/v1/chat/completions"
+    response_type = httpx.Response
 
     def __init__(self, client: groq.AsyncGroq, model: str, clock: Clock,
                  prices: PriceTable | None = None) -> None:
@@ -39,6 +41,3 @@ class GroqLLM(ChatAdapter):
         if isinstance(exc, groq.GroqError):
             return ServerError(short(f"unreadable answer from groq: {exc}")), {}
         return None
-
-    async def parse(self, raw: Any) -> Any:
-        return await raw.parse()

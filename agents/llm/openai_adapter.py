@@ -12,8 +12,8 @@ ServerError.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
+import httpx2  # the HTTP client the openai SDK is built on
 import openai
 
 from agents.llm.adapter import ChatAdapter, error_for_status, rate_headers, short
@@ -24,6 +24,8 @@ from schema.clock import Clock
 
 class OpenAILLM(ChatAdapter):
     provider_name = "openai"
+    path = "/chat/completions"
+    response_type = httpx2.Response
 
     def __init__(self, client: openai.AsyncOpenAI, model: str, clock: Clock,
                  prices: PriceTable | None = None) -> None:
@@ -41,6 +43,3 @@ class OpenAILLM(ChatAdapter):
         if isinstance(exc, openai.OpenAIError):
             return ServerError(short(f"unreadable answer from openai: {exc}")), {}
         return None
-
-    async def parse(self, raw: Any) -> Any:
-        return raw.parse()  # the raw response of openai's chat completions parses at once
