@@ -156,7 +156,8 @@ class Fleet:
 def run_step(database: str, stacks: int, duration: float, workers: int = 2, beats: int = 1,
              interval: int = 10, latency: str = "1500,3000", redis: str | None = None,
              sim_url: str | None = None, progress: bool = True, stream: bool = True,
-             logs: str | None = None) -> dict[str, Any]:
+             logs: str | None = None, settings: dict[str, str] | None = None
+             ) -> dict[str, Any]:
     with fresh_database(database) as url, contextlib.ExitStack() as stack:
         log_dir = Path(stack.enter_context(_tmpdir(logs)))
         env = {k: v for k, v in os.environ.items()
@@ -165,6 +166,7 @@ def run_step(database: str, stacks: int, duration: float, workers: int = 2, beat
                    TICKWORK_TICK_INTERVAL=str(interval), TICKWORK_SIM_LATENCY_MS=latency,
                    TICKWORK_MAX_CONCURRENT_TICKS=str(max(1000, 2 * stacks)),
                    TICKWORK_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        env.update(settings or {})
         if redis:
             env["TICKWORK_REDIS_URL"] = redis
         if sim_url:
@@ -342,10 +344,17 @@ def main() -> None:
                         help="no dashboard and no event-stream client (no propagation figure)")
     parser.add_argument("--json")
     parser.add_argument("--logs", help="keep each process's log in this directory")
+    parser.add_argument("--set", action="append", default=[], metavar="TICKWORK_X=VALUE",
+                        help="a setting for every role (repeatable), e.g. "
+                        "TICKWORK_SPREAD_S=5")
     args = parser.parse_args()
+    if any("=" not in item or not item.startswith("TICKWORK_") for item in args.set):
+        parser.error("--set takes TICKWORK_NAME=VALUE")
+    settings = dict(item.split("=", 1) for item in args.set)
     result = run_step(args.database, args.stacks, args.duration, args.workers, args.beats,
                       args.interval, args.latency, args.redis, args.sim_url,
-                      stream=not args.no_stream, logs=args.logs)
+                      stream=not args.no_stream, logs=args.logs, settings=settings)
+    result["settings"] = settings
     out = json.dumps(result, indent=2)
     if args.json and args.json != "-":
         Path(args.json).write_text(out)
