@@ -42,6 +42,7 @@ from orchestrator.config import Settings
 from orchestrator.runtime import Runtime, chain_options
 from orchestrator.store.queue import REASON_PREV_RUNNING
 from schema import tables as t
+from schema.clock import SystemClock
 
 
 def thread_cpu_s() -> dict[str, float]:
@@ -224,15 +225,22 @@ def _fallbacks(conn: Connection) -> int:
 
 
 async def _sdk_call_cpu_ms(rt: Runtime, sim_url: str, calls: int = 100) -> dict[str, float]:
-    """CPU of one model call through each provider of the chain (the SDK's request and
-    response handling), against sim-llm answering at once; the step's latency is put back
-    afterwards. Each provider is called through a chain of its own, built like the step's but
-    without rate limits, so calibrating spends none of the limits the step runs under."""
+    """`sdk_call_cpu_ms` for the providers of `rt`'s chain."""
+    providers = [p.name for p in rt.chain.providers] if rt.chain is not None else []
+    return await sdk_call_cpu_ms(rt.settings, providers, sim_url, calls)
+
+
+async def sdk_call_cpu_ms(settings: Settings, providers: list[str], sim_url: str,
+                          calls: int = 100) -> dict[str, float]:
+    """CPU of one model call through each provider (the SDK's request and response
+    handling), in this process, against sim-llm answering at once; the step's latency is put
+    back afterwards. Each provider is called through a chain of its own, built like the step's
+    but without rate limits, so calibrating spends none of the limits the step runs under."""
     env = {"GROQ_API_KEY": "sim", "GROQ_BASE_URL": sim_url,
            "OPENAI_API_KEY": "sim", "OPENAI_BASE_URL": sim_url + "/v1"}
-    options = dataclasses.replace(chain_options(rt.settings), groq_rpm=None, groq_tpm=None,
+    options = dataclasses.replace(chain_options(settings), groq_rpm=None, groq_tpm=None,
                                   openai_rpm=None, openai_tpm=None)
-    providers = [p.name for p in rt.chain.providers] if rt.chain is not None else []
+    clock = SystemClock()
     out: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=sim_url) as http:
         before = (await http.get("/_sim/config")).json()
@@ -241,7 +249,7 @@ async def _sdk_call_cpu_ms(rt: Runtime, sim_url: str, calls: int = 100) -> dict[
             request = LLMRequest(messages=[{"role": "user", "content": "Task: calibrate"}],
                                  schema_name="Plan", seed="calibrate")
             for name in providers:
-                chain = build_chain(name, env, rt.clock, options)
+                chain = build_chain(name, env, clock, options)
                 try:
                     for _ in range(5):  # warm the connection pool
                         await chain.llm.complete(request)

@@ -18,6 +18,7 @@ interval).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -172,6 +173,13 @@ def run_step(database: str, stacks: int, duration: float, workers: int = 2, beat
         if sim_url:
             env.update(GROQ_API_KEY="sim", GROQ_BASE_URL=sim_url, OPENAI_API_KEY="sim",
                        OPENAI_BASE_URL=sim_url + "/v1")
+        sdk_ms = None
+        if sim_url:  # the SDK's CPU per call, calibrated here against the same simulator
+            from load_tests.engine import sdk_call_cpu_ms
+            from orchestrator.config import Settings
+
+            sdk_ms = asyncio.run(sdk_call_cpu_ms(Settings(_env_file=None),  # type: ignore[call-arg]
+                                                 ["groq", "openai"], sim_url))
         fleet = Fleet(env, log_dir)
         engine = create_engine(normalise_url(url))
         stack.callback(engine.dispose)
@@ -219,6 +227,7 @@ def run_step(database: str, stacks: int, duration: float, workers: int = 2, beat
                                      if stream else None)
         figures["stream_events"] = len(seen)
         figures["wakeups"] = "redis" if redis else "polling"
+        _without_sdk(figures, sdk_ms)
         figures["llm"] = "chain" if sim_url else "inprocess"
         return figures
 
@@ -316,6 +325,23 @@ def _figures(engine: Engine, began: float, ended: float, cpu0: dict[str, float],
         "lock_wait_samples": locks.waits,
         "llm_attempts_by_provider": _attempts(engine, began, ended),
     }
+
+
+def _without_sdk(figures: dict[str, Any], sdk_ms: dict[str, float] | None) -> None:
+    """The SDK's share of the CPU per tick: its calls per tick (attempts that reached a
+    provider, by provider) times each provider's CPU per call, taken off."""
+    figures["sdk_cpu_ms_per_call_by_provider"] = sdk_ms
+    if not sdk_ms:
+        return
+    calls = {p: sum(n for status, n in by.items() if not status.startswith("skipped"))
+             for p, by in figures["llm_attempts_by_provider"].items()}
+    total = sum(calls.values())
+    ticks = max(1, figures["ticks_started"])
+    if total:
+        per_call = sum(sdk_ms.get(p, 0.0) * n for p, n in calls.items()) / total
+        figures["sdk_cpu_ms_per_call"] = round(per_call, 3)
+        figures["cpu_ms_per_tick_without_sdk"] = round(
+            max(0.0, figures["cpu_ms_per_tick"] - per_call * total / ticks), 3)
 
 
 def _attempts(engine: Engine, began: float, ended: float) -> dict[str, dict[str, int]]:
