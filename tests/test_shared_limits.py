@@ -167,3 +167,35 @@ def test_a_flapping_redis_does_not_hand_out_a_fresh_share_each_time(
         assert isinstance(await limiter.acquire(1), Reservation)  # and a new one after it
 
     run(scenario, client)
+
+
+def test_once_redis_failed_it_is_not_asked_again_for_a_moment(
+        private_redis: PrivateRedis) -> None:
+    """While Redis hangs, each call would wait for a socket timeout before falling back; the
+    shared client instead fails at once for HOLD_S after a failure, then asks again."""
+    from agents.llm.shared import HOLD_S
+    from agents.llm.shared.client import RedisAway, connect
+
+    clock = FakeClock()
+    client = connect(private_redis.url, clock)
+
+    async def scenario() -> None:
+        assert await client.ping()
+        private_redis.stop()
+        try:
+            await client.ping()
+            raise AssertionError("a stopped Redis answered")
+        except RedisAway:
+            raise AssertionError("held off before any failure") from None
+        except (ConnectionError, aioredis.ConnectionError):
+            pass
+        private_redis.start()  # back, but the hold is not over: not asked
+        try:
+            await client.ping()
+            raise AssertionError("asked Redis within the hold")
+        except RedisAway:
+            pass
+        clock.advance(HOLD_S)
+        assert await client.ping()
+
+    run(scenario, client)

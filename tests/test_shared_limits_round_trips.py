@@ -17,13 +17,8 @@ from redis.exceptions import NoScriptError
 from agents.llm.base import LLMRequest, LLMResponse, SkippedOpenBreaker
 from agents.llm.breaker import BreakerLLM, Permit
 from agents.llm.ratelimit import RateLimitedLLM, Refusal, Reservation
-from agents.llm.shared import (
-    CACHE_S,
-    HEADER_WRITE_S,
-    RedisBreaker,
-    RedisLimiter,
-    SharedReservation,
-)
+from agents.llm.shared import CACHE_S, RedisBreaker, RedisLimiter, SharedReservation
+from agents.llm.shared.limiter import HEADER_WRITE_S
 from schema.clock import FakeClock
 from tests.llm_fakes import ScriptedModel, statuses
 from tests.redis_helpers import PrivateRedis, private_redis

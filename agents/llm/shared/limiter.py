@@ -1,52 +1,5 @@
-"""Provider limits and breakers shared by the fleet, in Redis, asked only when the answer could
-differ from what this process already knows.
-
-`RedisLimiter` keeps a provider's minute in a sorted set (`{prefix}limit:{provider}:{model}`:
-one member per request granted against a configured limit, scored by Redis's own clock,
-carrying its tokens) and what the provider last reported (x-ratelimit-* headers, 429s) in a
-hash beside it. `RedisBreaker` keeps a provider's breaker in a hash
-(`{prefix}breaker:{provider}:{model}`): failures seen by any process open it for all, and the
-half-open probe is a short lease only one process gets.
-
-What needs Redis, and what does not:
-
-- A request granted against a configured limit (rpm/tpm) is one atomic script that prunes,
-  checks and reserves, so the whole fleet stays under the limit however many workers ask at
-  once. Its refusal says when the minute frees: a full minute of requests is refused here,
-  without Redis, until then (nothing but time frees a request); a full minute of tokens for
-  `CACHE_S` at most (another worker's settlement may free tokens sooner), and only for calls
-  needing as many tokens.
-- A provider without a configured limit needs Redis only when its headers make a refusal
-  possible. Each process keeps what the provider's headers and 429s told it, and the shared
-  state as last read (at most every `CACHE_S`); while every count known is at least the margin
-  above what this call needs, the call is granted here. The margin is the largest of
-  `MARGIN_CALLS` calls (requests, or tokens of calls this size), `MARGIN_SHARE` of the limit the
-  provider states, and what this process was granted over the last one to two seconds: well
-  above what this process can spend before its next look, with room for the rest of the fleet.
-  Near the limit, grants go through the script as above, which counts them fleet-wide.
-- Headers are written only when they change a decision (remaining below the margin, or back
-  above it where the fleet's state said otherwise), at most once per kind per
-  `HEADER_WRITE_S` per process, both kinds in one script. A 429 is always written.
-- A reservation is settled (its estimate replaced by the tokens used) only against a configured
-  token limit, and only when the call used more than estimated or the estimate was
-  `SETTLE_SHARE` of the limit too high; a smaller overestimate just keeps the fleet a little
-  conservative.
-- What this process learnt itself (a 429's retry-after, headers saying nothing is left) refuses
-  here until it runs out; a 429 seen by another worker, once read, too (blocks only grow);
-  another worker's headers saying nothing is left, for `CACHE_S` (a 429's retry-after may
-  shorten them in Redis meanwhile).
-- The breaker's state is cached for `CACHE_S`: known closed with no failures, calls pass and
-  successes write nothing; known open, calls are skipped until its open-until, when Redis is
-  asked for the probe (one process gets it fleet-wide). Failures are always written, and a
-  success after failures resets the shared count; failures seen by any worker open the breaker
-  in every worker within `CACHE_S`.
-
-Redis being away turns each into its local twin (`ratelimit.RateLimiter`,
-`breaker.CircuitBreaker`), the limiter with a conservative share: the configured budget divided
-by the live workers of the fleet. That share keeps its own minute across Redis coming and
-going, so a flapping Redis never hands a worker a fresh minute. The interfaces are those of the
-local ones.
-"""
+"""A provider's rate limiter shared by the fleet, in Redis (see the package's docstring for what
+needs Redis and what does not): `RedisLimiter`, the interface of `ratelimit.RateLimiter`."""
 
 from __future__ import annotations
 
@@ -57,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agents.llm.breaker import BreakerState, CircuitBreaker, Permit
 from agents.llm.ratelimit import (
     BLOCK_WITHOUT_RETRY_AFTER_S,
     HEADER_VALID_S,
@@ -70,11 +22,12 @@ from agents.llm.ratelimit import (
     _int,
     parse_duration,
 )
+from agents.llm.shared.client import CACHE_S, text_of
 from schema.clock import Clock
 
 log = logging.getLogger("tickwork.llm")
 
-CACHE_S = 0.25  # the shared breaker state and the shared limit state are trusted this long
+
 HEADER_WRITE_S = 0.1  # a process writes a kind of header count at most this often
 MARGIN_CALLS = 50  # below this many calls' worth left, a limit is decided in Redis
 MARGIN_SHARE = 0.1  # ... or below this share of the limit the provider states
@@ -190,10 +143,6 @@ end
 redis.call('PEXPIRE', KEYS[2], 3600000)
 return news(now)
 """
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(slots=True)
@@ -396,7 +345,7 @@ class RedisLimiter:
         self._heard(news)
         now = self._clock.monotonic()
         if not granted:
-            wait, reason, what = max(0.0, int(a) / 1000), _text(b), _text(full)
+            wait, reason, what = max(0.0, int(a) / 1000), text_of(b), text_of(full)
             if what == "rpm":  # only time frees a request
                 self._full = _Full(now + wait, 0, reason)
             elif what == "tpm":  # a settlement elsewhere may free tokens sooner
@@ -523,208 +472,3 @@ class RedisLimiter:
             tokens_reset_s=max(tokens_reset) if tokens_reset else None,
             blocked_for_s=blocked - now if blocked > now else None,
             rpm=self.rpm, tpm=self.tpm)
-
-
-# Every breaker script returns {verdict, failures, open (1/0), ms until open-until, ms until
-# the probe's lease ends, opened_at}, relative to Redis's clock.
-_BREAKER_STATE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function state(verdict)
-  local st = redis.call('HMGET', KEYS[1], 'failures', 'open_until', 'probe_until', 'opened_at')
-  local open_until = tonumber(st[2] or '0')
-  local opened = 0
-  if open_until > 0 then opened = 1 end
-  return {verdict, tonumber(st[1] or '0'), opened, math.max(0, open_until - now),
-          math.max(0, tonumber(st[3] or '0') - now), st[4] or ''}
-end
-"""
-# KEYS: breaker. ARGV: probe lease ms.
-_ALLOW = _BREAKER_STATE + """
-local st = redis.call('HMGET', KEYS[1], 'open_until', 'probe_until')
-local open_until, probe_until = tonumber(st[1] or '0'), tonumber(st[2] or '0')
-if open_until == 0 then return state('call') end
-if now < open_until or probe_until > now then return state('skip') end
-redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[1]))
-return state('probe')
-"""
-# KEYS: breaker. ARGV: outcome (ok | failed | released), permit (call | probe), threshold,
-# cool-down ms, epoch seconds now (for opened_at).
-_REPORT = _BREAKER_STATE + """
-local st = redis.call('HMGET', KEYS[1], 'failures', 'open_until')
-local failures, open_until = tonumber(st[1] or '0'), tonumber(st[2] or '0')
-local outcome, permit = ARGV[1], ARGV[2]
-if permit == 'probe' then redis.call('HSET', KEYS[1], 'probe_until', 0) end
-if outcome == 'ok' then
-  if permit == 'probe' then
-    redis.call('HSET', KEYS[1], 'failures', 0, 'open_until', 0)
-  elseif open_until == 0 then
-    redis.call('HSET', KEYS[1], 'failures', 0)
-  end
-elseif outcome == 'failed' then
-  if permit == 'probe' or open_until == 0 then
-    failures = failures + 1
-    redis.call('HSET', KEYS[1], 'failures', failures)
-    if permit == 'probe' or failures >= tonumber(ARGV[3]) then
-      redis.call('HSET', KEYS[1], 'open_until', now + tonumber(ARGV[4]), 'opened_at', ARGV[5])
-    end
-  end
-end
-redis.call('PEXPIRE', KEYS[1], 86400000)
-return state('')
-"""
-# KEYS: breaker.
-_READ_BREAKER = _BREAKER_STATE + """
-return state('')
-"""
-PROBE_LEASE_S = 30.0  # a probe whose process died frees the half-open state after this
-
-
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """The shared breaker as last read, on this process's monotonic clock."""
-
-    failures: int
-    open: bool
-    open_until: float
-    probe_until: float
-    opened_at: float | None
-    at: float
-
-    def state(self, now: float) -> BreakerState:
-        if not self.open:
-            return BreakerState("closed", self.failures, self.opened_at, None, False)
-        if now < self.open_until:
-            return BreakerState("open", self.failures, self.opened_at, self.open_until - now,
-                                False)
-        return BreakerState("half_open", self.failures, self.opened_at, None,
-                            now < self.probe_until)
-
-
-class RedisBreaker:
-    """The breaker's state in Redis, cached here for `CACHE_S`; the interface of
-    `CircuitBreaker`."""
-
-    def __init__(self, client: Any, key: str, threshold: int, cooldown_s: float,
-                 clock: Clock) -> None:
-        self.threshold, self.cooldown_s, self._clock = threshold, cooldown_s, clock
-        self._key = key
-        self._allow = client.register_script(_ALLOW)
-        self._report = client.register_script(_REPORT)
-        self._read = client.register_script(_READ_BREAKER)
-        self._client = client
-        self._local = CircuitBreaker(threshold, cooldown_s, clock)
-        self._shared = True
-        self._seen: _Seen | None = None
-
-    def _away(self, exc: BaseException) -> None:
-        if self._shared:
-            log.warning("Redis is away (%s): this process's breaker decides alone",
-                        type(exc).__name__)
-        self._shared = False
-
-    def _heard(self, reply: Sequence[Any]) -> str:
-        """Cache the state a script returned; its verdict."""
-        verdict, failures, opened, open_ms, probe_ms, opened_at = reply
-        now = self._clock.monotonic()
-        self._shared = True
-        self._seen = _Seen(int(failures), bool(int(opened)), now + int(open_ms) / 1000,
-                           now + int(probe_ms) / 1000, float(_text(opened_at) or 0) or None, now)
-        return _text(verdict)
-
-    def _known(self, now: float) -> _Seen | None:
-        """The cached state while it may be trusted: open until its open-until, else for
-        `CACHE_S`."""
-        seen = self._seen if self._shared else None
-        if seen is None:
-            return None
-        if (seen.open and now < seen.open_until) or now < seen.at + CACHE_S:
-            return seen
-        return None
-
-    async def allow(self) -> Permit | None:
-        now = self._clock.monotonic()
-        seen = self._known(now)
-        if seen is not None:
-            if not seen.open and seen.failures == 0:
-                return Permit.CALL
-            if seen.open and (now < seen.open_until or now < seen.probe_until):
-                return None  # open, or half-open with a probe in flight
-        try:
-            reply = await self._allow(keys=[self._key], args=[int(PROBE_LEASE_S * 1000)])
-        except Exception as exc:
-            self._away(exc)
-            return await self._local.allow()
-        return {"call": Permit.CALL, "probe": Permit.PROBE}.get(self._heard(reply))
-
-    async def _tell(self, outcome: str, permit: Permit) -> None:
-        try:
-            reply = await self._report(keys=[self._key], args=[
-                outcome, permit.value, self.threshold, int(self.cooldown_s * 1000),
-                self._clock.now()])
-        except Exception as exc:
-            self._away(exc)
-            await getattr(self._local, {"ok": "succeeded", "failed": "failed",
-                                        "released": "released"}[outcome])(permit)
-            return
-        self._heard(reply)
-
-    async def succeeded(self, permit: Permit) -> None:
-        seen = self._seen if self._shared else None
-        if permit is Permit.CALL and seen is not None and (seen.open or seen.failures == 0):
-            return  # nothing to reset; and only the probe closes an open breaker
-        await self._tell("ok", permit)
-
-    async def failed(self, permit: Permit) -> None:
-        await self._tell("failed", permit)
-
-    async def released(self, permit: Permit) -> None:
-        if permit is Permit.PROBE:  # an ordinary call ending without a verdict changes nothing
-            await self._tell("released", permit)
-
-    async def refresh(self) -> BreakerState:
-        """The shared state (for health views): as cached while it may be trusted, else read."""
-        now = self._clock.monotonic()
-        seen = self._known(now)
-        if seen is not None:
-            return seen.state(now)
-        try:
-            reply = await self._read(keys=[self._key])
-        except Exception as exc:
-            self._away(exc)
-            return self._local.snapshot()
-        self._heard(reply)
-        return self.snapshot()
-
-    def snapshot(self) -> BreakerState:
-        if not self._shared:
-            return self._local.snapshot()
-        if self._seen is None:
-            return BreakerState("closed", 0, None, None, False)
-        return self._seen.state(self._clock.monotonic())
-
-
-class SharedLimits:
-    """Where the chain's limiters and breakers live when the fleet shares a Redis."""
-
-    def __init__(self, url: str, clock: Clock, *, prefix: str = "tickwork:",
-                 workers: Callable[[], int] = lambda: 1) -> None:
-        import redis.asyncio as aioredis
-
-        self._client = aioredis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        self._clock = clock
-        self._prefix = prefix
-        self._workers = workers
-
-    def limiter(self, provider: str, model: str, rpm: int | None, tpm: int | None
-                ) -> RedisLimiter:
-        return RedisLimiter(self._client, f"{self._prefix}limit:{provider}:{model}", rpm, tpm,
-                            self._clock, self._workers)
-
-    def breaker(self, provider: str, model: str, threshold: int, cooldown_s: float
-                ) -> RedisBreaker:
-        return RedisBreaker(self._client, f"{self._prefix}breaker:{provider}:{model}",
-                            threshold, cooldown_s, self._clock)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

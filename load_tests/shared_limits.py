@@ -1,6 +1,6 @@
 """CPU per model call of the fleet's limits and breakers (not a test: a benchmark to run by hand).
 
-    .venv/bin/python -m tests.test_shared_limits_bench [--calls 2000] [--concurrency 20]
+    .venv/bin/python -m load_tests.shared_limits [--calls 2000] [--concurrency 20]
 
 Runs calls through `build_chain(...)` against a fake SDK client that answers at once with the
 rate-limit headers a provider sends, once with the limiters and breakers in this process and
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
+
 from agents.llm.base import LLMRequest
 from agents.llm.chain import Chain, ChainOptions, build_chain
 from agents.llm.shared import SharedLimits
@@ -37,43 +39,24 @@ from schema.clock import SystemClock
 __all__: list[str] = []  # nothing here is collected as a test
 
 
-class _Raw:
-    """A raw chat-completion response: headers, and the parsed completion."""
-
-    def __init__(self, headers: dict[str, str], awaitable: bool) -> None:
-        self.headers = headers
-        self._awaitable = awaitable
-
-    def _completion(self) -> Any:
-        return SimpleNamespace(
-            choices=[SimpleNamespace(message=SimpleNamespace(content='{"ok": true}'))],
-            usage=SimpleNamespace(prompt_tokens=40, completion_tokens=10))
-
-    def parse(self) -> Any:
-        if self._awaitable:
-            async def parsed() -> Any:
-                return self._completion()
-            return parsed()
-        return self._completion()
+_COMPLETION = orjson.dumps({"choices": [{"message": {"content": '{"ok": true}'}}],
+                            "usage": {"prompt_tokens": 40, "completion_tokens": 10}})
 
 
 class _FakeSDK:
-    """The part of an SDK client an adapter uses, answering at once with plenty left."""
+    """The part of an SDK client an adapter uses (`post`), answering at once with plenty
+    left."""
 
-    def __init__(self, awaitable: bool) -> None:
+    def __init__(self) -> None:
         self.calls = 0
-        self._awaitable = awaitable
-        self.chat = SimpleNamespace(completions=SimpleNamespace(
-            with_raw_response=SimpleNamespace(create=self._create)))
 
-    async def _create(self, **_: Any) -> _Raw:
+    async def post(self, path: str, **_: Any) -> Any:
         self.calls += 1
-        return _Raw({"x-ratelimit-limit-requests": "10000",
-                     "x-ratelimit-limit-tokens": "10000000",
-                     "x-ratelimit-remaining-requests": str(max(0, 9000 - self.calls % 1000)),
-                     "x-ratelimit-remaining-tokens": "9000000",
-                     "x-ratelimit-reset-requests": "6ms", "x-ratelimit-reset-tokens": "1ms"},
-                    self._awaitable)
+        return SimpleNamespace(content=_COMPLETION, headers={
+            "x-ratelimit-limit-requests": "10000", "x-ratelimit-limit-tokens": "10000000",
+            "x-ratelimit-remaining-requests": str(max(0, 9000 - self.calls % 1000)),
+            "x-ratelimit-remaining-tokens": "9000000",
+            "x-ratelimit-reset-requests": "6ms", "x-ratelimit-reset-tokens": "1ms"})
 
 
 def _chain(spec: str, options: ChainOptions, shared: SharedLimits | None) -> Chain:
@@ -83,7 +66,7 @@ def _chain(spec: str, options: ChainOptions, shared: SharedLimits | None) -> Cha
         adapter: Any = member.llm
         while hasattr(adapter, "inner"):
             adapter = adapter.inner
-        adapter._client = _FakeSDK(awaitable=member.name == "groq")
+        adapter._client = _FakeSDK()
     return chain
 
 
