@@ -184,7 +184,7 @@ async def fallback_overhead(runs: int, calls: int, console: Console) -> dict[str
 
 class PacingClock(FakeClock):
     """A FakeClock that knows which tasks sleep on it themselves (a retry's wait), as opposed
-    to the timer tasks that bound each attempt."""
+    to the timers that bound each attempt."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -10,8 +10,8 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -26,6 +26,13 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None:
         """Wait until `seconds` have passed on this clock."""
 
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancellable:
+        """Call `callback` on the running loop once `seconds` have passed on this clock."""
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> Any: ...
+
 
 class SystemClock:
     def now(self) -> float:
@@ -36,6 +43,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancellable:
+        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback)
 
 
 class FakeClock:
@@ -65,6 +75,12 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
         await fut
 
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancellable:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._now + max(0.0, seconds), next(self._seq), fut))
+        fut.add_done_callback(lambda f: None if f.cancelled() else callback())
+        return fut
+
     @property
     def sleepers(self) -> int:
         return sum(1 for _, _, f in self._sleepers if not f.done())
@@ -84,24 +100,24 @@ class FakeClock:
 
 async def within(clock: Clock, seconds: float, awaitable: Awaitable[T]) -> T:
     """Await `awaitable` in the current task; once `seconds` have passed on `clock`, cancel it
-    and raise TimeoutError (asyncio.timeout, but on the injected clock)."""
+    and raise TimeoutError (asyncio.timeout, but on the injected clock). One timer, no task:
+    it wraps every tick and every LLM attempt."""
     task = asyncio.current_task()
     assert task is not None, "within() runs inside a task"
-    state = {"expired": False, "over": False}
+    state = [False, False]  # expired, over
 
-    def expire(timer: asyncio.Future[None]) -> None:
-        if not timer.cancelled() and not state["over"]:
-            state["expired"] = True
+    def expire() -> None:
+        if not state[1]:
+            state[0] = True
             task.cancel()
 
-    timer = asyncio.ensure_future(clock.sleep(seconds))
-    timer.add_done_callback(expire)
+    timer = clock.call_later(seconds, expire)
     try:
         return await awaitable
     except asyncio.CancelledError:
-        if state["expired"] and task.uncancel() == 0:
+        if state[0] and task.uncancel() == 0:
             raise TimeoutError(f"not done within {seconds:g} s") from None
         raise
     finally:
-        state["over"] = True
+        state[1] = True
         timer.cancel()

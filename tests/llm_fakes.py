@@ -9,7 +9,7 @@ fake waits on the clock until cancelled); "gate" (waits until the test sets `gat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from agents.llm.base import (
@@ -45,6 +45,13 @@ class SteppingClock(FakeClock):
             await super().sleep(seconds)
         finally:
             self.pending.remove(deadline)
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Any:
+        deadline = self.now() + max(0.0, seconds)
+        self.pending.append(deadline)
+        timer = super().call_later(seconds, callback)
+        timer.add_done_callback(lambda _: self.pending.remove(deadline))
+        return timer
 
 
 async def settle() -> None:
