@@ -316,3 +316,22 @@ def test_skipped_calls_on_an_open_breaker_ask_redis_nothing(
         assert (await breaker.refresh()).state == "open"
 
     run(scenario, worker)
+
+
+def test_many_calls_at_once_past_the_cache_time_ask_redis_once(
+        private_redis: PrivateRedis) -> None:
+    """When the breaker's cached state grows stale under a stream of calls, one asks Redis;
+    the others go on what was seen (closed) meanwhile, instead of each asking."""
+    worker = Counted(private_redis)
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        breaker = RedisBreaker(worker.client, BREAKER, 3, 300, clock)
+        assert await breaker.allow() is Permit.CALL
+        clock.advance(CACHE_S)
+        mark = len(worker.sent)
+        permits = await asyncio.gather(*(breaker.allow() for _ in range(50)))
+        assert permits == [Permit.CALL] * 50
+        assert worker.since(mark) == ["EVALSHA"]
+
+    run(scenario, worker)

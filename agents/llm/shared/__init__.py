@@ -37,7 +37,9 @@ What needs Redis, and what does not:
   shorten them in Redis meanwhile).
 - The breaker's state is cached for `CACHE_S`: known closed with no failures, calls pass and
   successes write nothing; known open, calls are skipped until its open-until, when Redis is
-  asked for the probe (one process gets it fleet-wide). Failures are always written, and a
+  asked for the probe (one process gets it fleet-wide). Once the cache is stale, one call asks
+  Redis again while the others go on what was seen (closed) meanwhile. Failures are always
+  written, and a
   success after failures resets the shared count; failures seen by any worker open the breaker
   in every worker within `CACHE_S`.
 

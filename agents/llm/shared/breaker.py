@@ -105,6 +105,7 @@ class RedisBreaker:
         self._local = CircuitBreaker(threshold, cooldown_s, clock)
         self._shared = True
         self._seen: _Seen | None = None
+        self._asking = False  # an allow() is asking Redis: the others go on what was seen
 
     def _away(self, exc: BaseException) -> None:
         if self._shared:
@@ -139,11 +140,17 @@ class RedisBreaker:
                 return Permit.CALL
             if seen.open and (now < seen.open_until or now < seen.probe_until):
                 return None  # open, or half-open with a probe in flight
+        elif self._asking and self._seen is not None and not self._seen.open \
+                and self._seen.failures == 0 and self._shared:
+            return Permit.CALL  # closed when last seen, and already being asked again
+        self._asking = True
         try:
             reply = await self._allow(keys=[self._key], args=[int(PROBE_LEASE_S * 1000)])
         except Exception as exc:
             self._away(exc)
             return await self._local.allow()
+        finally:
+            self._asking = False
         return {"call": Permit.CALL, "probe": Permit.PROBE}.get(self._heard(reply))
 
     async def _tell(self, outcome: str, permit: Permit) -> None:
