@@ -39,9 +39,8 @@ What needs Redis, and what does not:
   successes write nothing; known open, calls are skipped until its open-until, when Redis is
   asked for the probe (one process gets it fleet-wide). Once the cache is stale, one call asks
   Redis again while the others go on what was seen (closed) meanwhile. Failures are always
-  written, and a
-  success after failures resets the shared count; failures seen by any worker open the breaker
-  in every worker within `CACHE_S`.
+  written, and a success after failures resets the shared count; failures seen by any worker
+  open the breaker in every worker within `CACHE_S`.
 
 Redis being away turns each into its local twin (`ratelimit.RateLimiter`,
 `breaker.CircuitBreaker`), the limiter with a conservative share: the configured budget divided
