@@ -199,3 +199,21 @@ def test_once_redis_failed_it_is_not_asked_again_for_a_moment(
         assert await client.ping()
 
     run(scenario, client)
+
+
+def test_hundreds_of_calls_at_once_share_a_few_connections(private_redis: PrivateRedis) -> None:
+    """At a slot's start hundreds of calls ask at once: they wait their turn on the shared
+    client's connections instead of failing (which would read as Redis being away and hand
+    each worker a local share of the limit)."""
+    from agents.llm.shared.client import connect
+
+    client = connect(private_redis.url, SystemClock(), connections=8)
+
+    async def scenario() -> None:
+        limiter = RedisLimiter(client, KEY, 10_000, None, SystemClock())
+        grants = await asyncio.gather(*(limiter.acquire(10) for _ in range(400)))
+        assert all(isinstance(g, SharedReservation) for g in grants)
+        clients = await client.client_list()
+        assert len(clients) <= 8 + 1
+
+    run(scenario, client)

@@ -19,6 +19,7 @@ from schema.clock import Clock
 
 CACHE_S = 0.25  # the shared breaker state and the shared limit state are trusted this long
 HOLD_S = 1.0  # after Redis failed to answer, it is not asked again for this long
+POOL = 32  # connections a process's limiters and breakers share
 
 
 class RedisAway(RedisConnectionError):
@@ -41,9 +42,15 @@ class GuardedRedis(aioredis.Redis):
             raise
 
 
-def connect(url: str, clock: Clock) -> GuardedRedis:
-    client = cast(GuardedRedis, GuardedRedis.from_url(url, socket_timeout=1,
-                                                      socket_connect_timeout=1))
+def connect(url: str, clock: Clock, connections: int = POOL) -> GuardedRedis:
+    """A client whose commands share `connections` connections, waiting for a free one: at a
+    slot's start hundreds of calls may ask at once, and an unbounded pool would open a
+    connection each (redis-py's default pool refuses past 100, which would read as Redis
+    being away)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=connections, timeout=1, socket_timeout=1,
+        socket_connect_timeout=1)
+    client = cast(GuardedRedis, GuardedRedis.from_pool(pool))  # closing it closes the pool
     client.clock = clock
     return client
 
