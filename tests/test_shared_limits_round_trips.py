@@ -335,3 +335,22 @@ def test_many_calls_at_once_past_the_cache_time_ask_redis_once(
         assert worker.since(mark) == ["EVALSHA"]
 
     run(scenario, worker)
+
+
+def test_many_calls_at_once_on_a_full_minute_ask_redis_once(
+        private_redis: PrivateRedis) -> None:
+    """A slot's first calls arrive together: one asks the fleet's script and its refusal
+    answers the others, instead of each asking."""
+    other, worker = Counted(private_redis), Counted(private_redis)
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        filler, *_ = provider(other, clock, rpm=3)
+        assert await statuses(filler, 3) == ["ok"] * 3
+        limiter = RedisLimiter(worker.client, LIMIT, 3, None, clock)
+        mark = len(worker.sent)
+        refused = await asyncio.gather(*(limiter.acquire(10) for _ in range(50)))
+        assert all(isinstance(r, Refusal) for r in refused)
+        assert worker.since(mark) == ["EVALSHA"]
+
+    run(scenario, other, worker)

@@ -3,6 +3,7 @@ needs Redis and what does not): `RedisLimiter`, the interface of `ratelimit.Rate
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
@@ -228,6 +229,7 @@ class RedisLimiter:
         self._block = client.register_script(_BLOCK)
         self._workers = workers
         self._local: RateLimiter | None = None  # this process's share while Redis is away
+        self._asking = asyncio.Lock()  # the grant script, one call at a time
         self._away = False
         self._mine = _News()  # what this process's own responses said
         self._fleet = _News()  # the shared state, as last read or written
@@ -335,25 +337,29 @@ class RedisLimiter:
                 self._fleet.spend(need)
                 self._spend(need, now)
                 return Reservation(now, tokens)
-        member = secrets.token_hex(8)
-        try:
-            granted, a, b, full, *news = await self._acquire(
-                keys=self._keys, args=[self.rpm or 0, self.tpm or 0, need, member])
-        except Exception as exc:
-            self._went_away(exc)
-            return await self._acquire_alone(tokens)
-        self._heard(news)
-        now = self._clock.monotonic()
-        if not granted:
-            wait, reason, what = max(0.0, int(a) / 1000), text_of(b), text_of(full)
-            if what == "rpm":  # only time frees a request
-                self._full = _Full(now + wait, 0, reason)
-            elif what == "tpm":  # a settlement elsewhere may free tokens sooner
-                self._full = _Full(now + min(wait, CACHE_S), need, reason)
-            return Refusal(reason, wait)
-        self._counted = (int(a), int(b))
-        self._spend(need, now)
-        return SharedReservation(now, tokens, member)
+        async with self._asking:  # one script at a time: a refusal answers those waiting
+            refusal = self._known_refusal(need, self._clock.monotonic())
+            if refusal is not None:
+                return refusal
+            member = secrets.token_hex(8)
+            try:
+                granted, a, b, full, *news = await self._acquire(
+                    keys=self._keys, args=[self.rpm or 0, self.tpm or 0, need, member])
+            except Exception as exc:
+                self._went_away(exc)
+                return await self._acquire_alone(tokens)
+            self._heard(news)
+            now = self._clock.monotonic()
+            if not granted:
+                wait, reason, what = max(0.0, int(a) / 1000), text_of(b), text_of(full)
+                if what == "rpm":  # only time frees a request
+                    self._full = _Full(now + wait, 0, reason)
+                elif what == "tpm":  # a settlement elsewhere may free tokens sooner
+                    self._full = _Full(now + min(wait, CACHE_S), need, reason)
+                return Refusal(reason, wait)
+            self._counted = (int(a), int(b))
+            self._spend(need, now)
+            return SharedReservation(now, tokens, member)
 
     async def _acquire_alone(self, tokens: int) -> Reservation | Refusal:
         grant = await self._fallback().acquire(tokens)
