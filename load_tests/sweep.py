@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from load_tests import report
+from load_tests import plots, report
 from load_tests.stream import free_port
 
 console = Console(stderr=True)
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         out.print(cap.sentence(), highlight=False)
     out.print(f"[dim]{report.CRITERIA}[/]", highlight=False)
     if args.plots:
-        for path in report.plots(rows, Path(args.plots), os.cpu_count()):
+        for path in plots.plots(rows, Path(args.plots), os.cpu_count()):
             out.print(f"plot: {path}")
     if args.markdown:
         Path(args.markdown).write_text(report.markdown(result, command))

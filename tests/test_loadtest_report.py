@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from load_tests import report
+from load_tests import plots, report
 
 pytest.importorskip("matplotlib")
 
@@ -199,13 +199,13 @@ def test_markdown_states_the_capacity_and_both_latenesses() -> None:
 
 def test_plots_are_written(tmp_path: Path) -> None:
     rows = _rows()
-    written = report.plots(rows, tmp_path / "plots", cpus=2)
+    written = plots.plots(rows, tmp_path / "plots", cpus=2)
     assert {p.name for p in written} == {"capacity.png", "lateness.png", "tick_duration.png",
                                          "cpu_per_tick.png", "started.png", "propagation.png"}
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     few = report.medians([_run("inprocess", 1000, propagation=None, claim_p99=None)])
-    assert "propagation.png" not in {p.name for p in report.plots(few, tmp_path / "few")}
+    assert "propagation.png" not in {p.name for p in plots.plots(few, tmp_path / "few")}
 
 
 class _Axes:
@@ -228,13 +228,13 @@ class _Axes:
 def test_targets_are_marked_at_their_own_step_for_the_series_present() -> None:
     ax = _Axes()
     colours = {"fleet+redis chain": "red", "embedded chain": "blue"}
-    report._marks(ax, colours, {"lateness_p99": "p99"}, lambda t: (t.limit, t.limit))
+    plots._marks(ax, colours, {"lateness_p99": "p99"}, lambda t: (t.limit, t.limit))
     # fleet+redis chain at 1,000 (≤ 250), embedded chain at 500 (≤ 250) and 100 (≤ 50);
     # not the inprocess ones, whose series are not drawn
     assert sorted((y, round(x0), round(x1)) for y, x0, x1 in ax.segments) == [
         (50.0, 77, 130), (250.0, 385, 650), (250.0, 769, 1300)]
     ax = _Axes()
-    report._marks(ax, colours, {"tick_p50_off": "p50"},
+    plots._marks(ax, colours, {"tick_p50_off": "p50"},
                   lambda t: (NOMINAL * 0.9, NOMINAL * 1.1))
     assert sorted(x for x, _, _ in ax.bands) == [500, 1000]
 
