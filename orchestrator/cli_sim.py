@@ -1,4 +1,6 @@
-"""`tickwork sim-llm`: serve the simulated OpenAI/Groq API (agents.llm.simserver) on loopback.
+"""`tickwork sim-llm`: serve the simulated OpenAI/Groq API (agents.llm.simserver) on loopback,
+on its own lean HTTP/1.1 server (agents.llm.simhttp) on uvloop, cheap enough to share the box
+with the system under load.
 
 The flags set the starting knobs for both providers (`--rpm`/`--tpm` per provider); they can be
 changed while it runs with POST /_sim/config. The banner prints the environment lines that
@@ -8,21 +10,21 @@ point the SDKs (and so tickwork) at it. SIGINT and SIGTERM stop it cleanly with 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
-from collections.abc import Iterator
+import socket
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from pydantic import ValidationError
 from rich.text import Text
 
+from agents.llm import simhttp
 from agents.llm.latency import Latency
 from agents.llm.simknobs import BOTH, PROVIDERS, SimConfig, describe_errors
-from agents.llm.simserver import create_sim_app
+from agents.llm.simserver import SimServer
 from orchestrator.cli_common import console, err_console, usage_error
-from orchestrator.cli_serve import Shutdown, bind
+from orchestrator.cli_serve import Shutdown, bind, run_loop
+from schema.clock import SystemClock
 
 GRACE_S = 2  # open requests (a hung one included) get this long once asked to stop
 
@@ -114,22 +116,10 @@ def banner(host: str, port: int, config: SimConfig, seed: int) -> None:
     console.print(Text("  press Ctrl-C to stop", style="dim"), soft_wrap=True)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server without its own signal handling: `Shutdown` owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def _serve(app: Any, sock: Any) -> None:
+async def _serve(sim: SimServer, sock: socket.socket) -> None:
     shutdown = Shutdown(asyncio.get_running_loop())
     with shutdown.installed():
-        server = _Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                        lifespan="off", timeout_graceful_shutdown=GRACE_S))
-        shutdown.server = server
-        if not shutdown.requested.is_set():
-            await server.serve(sockets=[sock])
+        await simhttp.serve(sim, sock, shutdown.requested, grace_s=GRACE_S)
 
 
 def sim_llm(
@@ -181,6 +171,6 @@ def sim_llm(
     sock = bind(host, port)
     try:
         banner(host, sock.getsockname()[1], config, seed)
-        asyncio.run(_serve(create_sim_app(config, seed=seed), sock))
+        run_loop(_serve(SimServer(config, SystemClock(), seed), sock))
     finally:
         sock.close()

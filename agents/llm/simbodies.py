@@ -7,11 +7,11 @@ Every body is marked as simulated: the system fingerprint, the models' owner, an
 
 from __future__ import annotations
 
-import uuid
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from starlette.responses import Response
 
 from agents.llm.simknobs import Provider
 
@@ -21,28 +21,40 @@ MODELS: dict[Provider, tuple[str, ...]] = {
 }
 OWNER = "tickwork-simulated"
 FINGERPRINT = "fp_simulated"
+# Ids only need to differ; a generator of its own (not the seeded streams) is cheaper than uuid4.
+_ids = random.Random()
+
+
+@dataclass(slots=True)
+class Reply:
+    """A response to send: status, JSON body, headers besides content-type and -length."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def json_response(data: Any, status: int = 200,
-                  headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status, headers, media_type="application/json")
+                  headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, orjson.dumps(data), {} if headers is None else headers)
 
 
 def request_id() -> str:
-    return f"req_{uuid.uuid4().hex[:26]}"
+    return f"req_{_ids.getrandbits(104):026x}"
 
 
 def error_response(provider: Provider, status: int, message: str, kind: str,
                    code: str | None, headers: dict[str, str], *,
-                   param: str | None = None) -> Response:
+                   param: str | None = None) -> Reply:
     """{"error": {"message", "type", "code"}} (OpenAI's also has "param"), with `status`."""
     error: dict[str, Any] = {"message": message, "type": kind, "code": code}
     if provider == "openai" or param is not None:
         error["param"] = param
-    return json_response({"error": error}, status, {**headers, "x-request-id": request_id()})
+    headers["x-request-id"] = request_id()
+    return json_response({"error": error}, status, headers)
 
 
-def config_error(message: str) -> Response:
+def config_error(message: str) -> Reply:
     """A rejected knob change (422), in the same error shape."""
     return json_response({"error": {"message": message, "type": "invalid_request_error",
                                     "code": "invalid_config"}}, 422)
@@ -56,8 +68,8 @@ def completion_body(provider: Provider, model: str, text: str, prompt_tokens: in
                              "total_tokens": prompt_tokens + completion_tokens}
     message: dict[str, Any] = {"role": "assistant", "content": text}
     data: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": created,
-        "model": model,
+        "id": f"chatcmpl-{_ids.getrandbits(128):032x}", "object": "chat.completion",
+        "created": created, "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
         "usage": usage, "system_fingerprint": FINGERPRINT,
     }

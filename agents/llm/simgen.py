@@ -25,12 +25,19 @@ def rng_for(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(digest, "big"))
 
 
+_LINES = {label: re.compile(rf"^{label}:\s*(.+)$", re.MULTILINE) for label in ("Goal", "Task")}
+
+
 def _line(messages: list[dict[str, str]], label: str) -> str:
-    pattern = re.compile(rf"^{label}:\s*(.+)$", re.MULTILINE)
+    """The text after "LABEL:" at the start of a line, in the last message that has one."""
+    pattern = _LINES.get(label) or re.compile(rf"^{label}:\s*(.+)$", re.MULTILINE)
+    marker = f"{label}:"
     for message in reversed(messages):
-        found = pattern.search(message.get("content", ""))
-        if found:
-            return found.group(1).strip()
+        content = message.get("content", "")
+        if marker in content:  # most messages have no such line: skip the regex
+            found = pattern.search(content)
+            if found:
+                return found.group(1).strip()
     return ""
 
 

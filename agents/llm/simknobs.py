@@ -13,13 +13,13 @@ are enforced limits over a sliding one-minute window; unset means unlimited.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -55,8 +55,6 @@ class ProviderKnobs(BaseModel):
     completion_tokens: int | None = Field(default=None, ge=0,
                                           description="report this many completion tokens")
 
-    _latency: Latency = PrivateAttr()
-
     @field_validator("latency_ms", mode="before")
     @classmethod
     def _latency_text(cls, value: Any) -> str:
@@ -70,13 +68,10 @@ class ProviderKnobs(BaseModel):
             raise ValueError("rate_limit_rate + error_rate + hang_rate must be at most 1")
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        # Parsed once per config change, not once per request.
-        self._latency = Latency.parse(self.latency_ms)
-
-    @property
+    @cached_property
     def latency(self) -> Latency:
-        return self._latency
+        # Parsed once per config change, and a plain attribute after that: read per request.
+        return Latency.parse(self.latency_ms)
 
 
 KNOB_NAMES = frozenset(ProviderKnobs.model_fields)

@@ -16,6 +16,11 @@ prompt gets the same answer from either provider. What varies from request to re
 latency drawn, whether a fault is injected) comes from one seeded stream, so a run with the same
 seed and the same request order behaves the same. Everything it says is marked as simulated.
 Time (latency, hangs, rate windows) is spent and measured on the injected Clock.
+
+`SimServer` decides every answer synchronously, on arrival (`handle`): either a `Reply` to send
+at once, or a `Pending` one to finish (`finish`) after a wait on the clock. Two front ends serve
+it: `create_sim_app`, an ASGI app (tests, and embedding in another server), and
+`agents.llm.simhttp`, the lean HTTP/1.1 server `tickwork sim-llm` runs.
 """
 
 from __future__ import annotations
@@ -25,18 +30,17 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from agents.llm.sim import count_tokens
 from agents.llm.simbodies import (
     MODELS,
+    Reply,
     completion_body,
     config_error,
     error_response,
@@ -45,7 +49,7 @@ from agents.llm.simbodies import (
     request_id,
 )
 from agents.llm.simgen import generate, rng_for
-from agents.llm.simknobs import PROVIDERS, Provider, SimConfig, describe_errors
+from agents.llm.simknobs import PROVIDERS, Provider, ProviderKnobs, SimConfig, describe_errors
 from agents.llm.simwindow import SlidingWindow, retry_after_headers
 from schema.clock import Clock, SystemClock
 
@@ -56,6 +60,9 @@ _ANY_JSON: dict[str, Any] = {"type": "object", "properties": {"answer": {"type":
 _SCHEMA_CACHE_SIZE = 256
 _REPLIES = ["Here is a short answer.", "Noted; a brief reply follows.",
             "A plain-text answer, as asked.", "Understood."]
+CHAT_PATHS: dict[str, Provider] = {"/v1/chat/completions": "openai",
+                                   "/openai/v1/chat/completions": "groq"}
+MODEL_PATHS: dict[str, Provider] = {"/v1/models": "openai", "/openai/v1/models": "groq"}
 
 
 def _content_text(content: Any) -> str:
@@ -75,6 +82,21 @@ class BadRequest(ValueError):
         self.param = param
 
 
+@dataclass(slots=True)
+class Pending:
+    """A chat answer decided on arrival, sent after `seconds` on the clock: "ok", a 5xx
+    ("server_error") or, for a hang ("hung"), a 504 unless the client leaves first."""
+
+    seconds: float
+    outcome: str
+    provider: Provider
+    knobs: ProviderKnobs
+    model: str = ""
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class SimServer:
     """The state behind the app: the knobs, the rate windows, the stats, the seeded streams.
 
@@ -90,6 +112,19 @@ class SimServer:
         self.stats: dict[Provider, Counter[str]] = {p: Counter() for p in PROVIDERS}
         self._draws = rng_for(seed, "faults")
         self._schemas: dict[str, tuple[str, dict[str, Any] | None]] = {}
+        self._routes: dict[str, dict[str, Callable[[bytes], Reply | Pending]]] = {
+            "/": {"GET": lambda _: json_response({
+                "service": "tickwork sim-llm", "simulated": True, "openai_base_path": "/v1",
+                "groq_base_path": "/", "knobs": "/_sim/config", "stats": "/_sim/stats"})},
+            "/_sim/config": {"GET": lambda _: json_response(self.config.model_dump()),
+                             "POST": self._set_config},
+            "/_sim/stats": {"GET": lambda _: json_response(self.stats_json())},
+            "/_sim/reset": {"POST": self._reset},
+        }
+        for path, provider in CHAT_PATHS.items():
+            self._routes[path] = {"POST": self._chat_route(provider)}
+        for path, provider in MODEL_PATHS.items():
+            self._routes[path] = {"GET": self._models_route(provider)}
 
     def reset(self) -> None:
         """Clear the stats and the rate windows, and restart the seeded stream of draws."""
@@ -101,6 +136,45 @@ class SimServer:
     def stats_json(self) -> dict[str, Any]:
         return {p: {"requests": sum(self.stats[p].values()),
                     **{o: self.stats[p][o] for o in OUTCOMES}} for p in PROVIDERS}
+
+    # -- routing --------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, body: bytes) -> Reply | Pending:
+        """The answer to one request: a Reply now, or a Pending one to `finish` later."""
+        methods = self._routes.get(path)
+        if methods is None and len(path) > 1 and path.endswith("/"):
+            methods = self._routes.get(path.rstrip("/"))
+        if methods is None:
+            return _not_found(404, f"Invalid URL ({method} {path}) (simulated)")
+        route = methods.get("GET" if method == "HEAD" else method)
+        if route is None:
+            reply = _not_found(405, f"Method {method} not allowed on {path} (simulated)")
+            reply.headers["allow"] = ", ".join(methods)
+            return reply
+        return route(body)
+
+    def _chat_route(self, provider: Provider) -> Callable[[bytes], Reply | Pending]:
+        return lambda body: self.chat(provider, body)
+
+    def _models_route(self, provider: Provider) -> Callable[[bytes], Reply]:
+        return lambda _: json_response(models_body(provider, int(self.clock.now())))
+
+    def _set_config(self, body: bytes) -> Reply:
+        try:
+            patch = orjson.loads(body or b"{}")
+        except orjson.JSONDecodeError:
+            return config_error("the body must be JSON: an object of knobs")
+        if not isinstance(patch, dict):
+            return config_error("the body must be a JSON object of knobs")
+        try:
+            self.config = self.config.updated(patch)
+        except ValidationError as exc:
+            return config_error(describe_errors(exc))
+        return json_response(self.config.model_dump())
+
+    def _reset(self, _: bytes) -> Reply:
+        self.reset()
+        return json_response(self.stats_json())
 
     # -- what a request asks for ----------------------------------------------------------
 
@@ -159,30 +233,29 @@ class SimServer:
 
     # -- the chat endpoint ----------------------------------------------------------------
 
-    async def chat(self, provider: Provider, request: Request) -> Response:
-        """One chat completion as `provider`, under its current knobs."""
+    def _refuse(self, provider: Provider, knobs: ProviderKnobs, outcome: str | None,
+                status: int, message: str, kind: str, code: str | None = None, *,
+                param: str | None = None, retry_after_s: float | None = None) -> Reply:
+        if outcome is not None:
+            self.stats[provider][outcome] += 1
+        headers = self.windows[provider].headers(self.clock.now(), knobs.rpm, knobs.tpm)
+        if retry_after_s is not None:
+            headers.update(retry_after_headers(retry_after_s))
+        return error_response(provider, status, f"{message} (simulated)", kind, code, headers,
+                              param=param)
+
+    def chat(self, provider: Provider, raw: bytes) -> Reply | Pending:
+        """One chat completion as `provider`, under its current knobs, decided now."""
         knobs = self.config.knobs(provider)
         window = self.windows[provider]
-        stats = self.stats[provider]
-
-        def refuse(outcome: str | None, status: int, message: str, kind: str,
-                   code: str | None = None, *, param: str | None = None,
-                   retry_after_s: float | None = None) -> Response:
-            if outcome is not None:
-                stats[outcome] += 1
-            headers = window.headers(self.clock.now(), knobs.rpm, knobs.tpm)
-            if retry_after_s is not None:
-                headers.update(retry_after_headers(retry_after_s))
-            return error_response(provider, status, f"{message} (simulated)", kind, code,
-                                  headers, param=param)
-
         if knobs.down:
-            return refuse("down", 503, "Service Unavailable", "service_unavailable")
+            return self._refuse(provider, knobs, "down", 503, "Service Unavailable",
+                                "service_unavailable")
         try:
-            body, messages, model = _parse(await request.body())
+            body, messages, model = _parse(raw)
         except BadRequest as exc:
-            return refuse("bad_request", 400, str(exc), "invalid_request_error",
-                          param=exc.param)
+            return self._refuse(provider, knobs, "bad_request", 400, str(exc),
+                                "invalid_request_error", param=exc.param)
 
         text = self.answer(body, messages)
         prompt_tokens = (knobs.prompt_tokens if knobs.prompt_tokens is not None
@@ -191,60 +264,58 @@ class SimServer:
                              else count_tokens(text))
         tokens = prompt_tokens + completion_tokens
         if knobs.tpm is not None and tokens > knobs.tpm:
-            return refuse("bad_request", 413, f"Request too large for model `{model}` on "
-                          f"tokens per minute (TPM): Limit {knobs.tpm}, Requested {tokens}",
-                          "tokens", "rate_limit_exceeded")
+            return self._refuse(provider, knobs, "bad_request", 413, "Request too large for "
+                                f"model `{model}` on tokens per minute (TPM): Limit "
+                                f"{knobs.tpm}, Requested {tokens}", "tokens",
+                                "rate_limit_exceeded")
         now = self.clock.now()
         over = window.check(now, tokens, knobs.rpm, knobs.tpm)
         if over is not None:
             unit = "requests" if over.limit == "requests" else "tokens"
-            return refuse("rate_limited", 429, f"Rate limit reached for model `{model}` on "
-                          f"{unit} per minute: Limit {over.allowed}, Used {over.used}, "
-                          f"Requested {over.requested}. Please try again in "
-                          f"{over.retry_after_s:.3f}s.", unit, "rate_limit_exceeded",
-                          retry_after_s=over.retry_after_s)
+            return self._refuse(provider, knobs, "rate_limited", 429, "Rate limit reached for "
+                                f"model `{model}` on {unit} per minute: Limit {over.allowed}, "
+                                f"Used {over.used}, Requested {over.requested}. Please try "
+                                f"again in {over.retry_after_s:.3f}s.", unit,
+                                "rate_limit_exceeded", retry_after_s=over.retry_after_s)
 
         draw = self._draws.random()
         latency_s = knobs.latency.sample_s(self._draws)
         if draw < knobs.rate_limit_rate:
-            return refuse("rate_limited", 429, f"Rate limit reached for model `{model}`. "
-                          f"Please try again in {knobs.retry_after_s:g}s.", "requests",
-                          "rate_limit_exceeded", retry_after_s=knobs.retry_after_s)
+            return self._refuse(provider, knobs, "rate_limited", 429, "Rate limit reached for "
+                                f"model `{model}`. Please try again in "
+                                f"{knobs.retry_after_s:g}s.", "requests", "rate_limit_exceeded",
+                                retry_after_s=knobs.retry_after_s)
         window.admit(now, tokens)
         draw -= knobs.rate_limit_rate
         if draw < knobs.error_rate:
-            await self.clock.sleep(latency_s)
-            return refuse("server_error", 500, "The server had an error while processing "
-                          "your request.", "server_error")
+            return Pending(latency_s, "server_error", provider, knobs)
         if draw - knobs.error_rate < knobs.hang_rate:
-            stats["hung"] += 1  # counted now, so the stats show it while it hangs
-            await self._hang(request, knobs.hang_s)
-            return refuse(None, 504, f"No answer within {knobs.hang_s:g} s (a hang)",
-                          "server_error")
+            self.stats[provider]["hung"] += 1  # counted now, so the stats show it while it hangs
+            return Pending(knobs.hang_s, "hung", provider, knobs)
+        return Pending(latency_s, "ok", provider, knobs, model, text, prompt_tokens,
+                       completion_tokens)
 
-        await self.clock.sleep(latency_s)
-        stats["ok"] += 1
-        data = completion_body(provider, model, text, prompt_tokens, completion_tokens,
-                               int(self.clock.now()), latency_s)
-        headers = window.headers(self.clock.now(), knobs.rpm, knobs.tpm)
+    def finish(self, pending: Pending) -> Reply:
+        """The reply to a Pending answer once its time on the clock has passed."""
+        provider, knobs = pending.provider, pending.knobs
+        if pending.outcome == "server_error":
+            return self._refuse(provider, knobs, "server_error", 500, "The server had an error "
+                                "while processing your request.", "server_error")
+        if pending.outcome == "hung":
+            return self._refuse(provider, knobs, None, 504, f"No answer within "
+                                f"{knobs.hang_s:g} s (a hang)", "server_error")
+        self.stats[provider]["ok"] += 1
+        now = self.clock.now()
+        data = completion_body(provider, pending.model, pending.text, pending.prompt_tokens,
+                               pending.completion_tokens, int(now), pending.seconds)
+        headers = self.windows[provider].headers(now, knobs.rpm, knobs.tpm)
         headers["x-request-id"] = request_id()
         return json_response(data, 200, headers)
 
-    async def _hang(self, request: Request, seconds: float) -> None:
-        """Hold the request until `seconds` pass on the clock or the client goes away."""
-        timer = asyncio.ensure_future(self.clock.sleep(seconds))
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait({timer, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
-            gone.cancel()
-            await asyncio.gather(timer, gone, return_exceptions=True)
 
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+def _not_found(status: int, message: str) -> Reply:
+    return json_response({"error": {"message": message, "type": "invalid_request_error",
+                                    "code": "unknown_url"}}, status)
 
 
 def _parse(raw: bytes) -> tuple[dict[str, Any], list[dict[str, str]], str]:
@@ -272,63 +343,74 @@ def _parse(raw: bytes) -> tuple[dict[str, Any], list[dict[str, str]], str]:
     return body, messages, model
 
 
+# -- the ASGI front end -------------------------------------------------------------------
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class SimApp:
+    """The simulated API as a plain ASGI app (HTTP and lifespan); its state is `state.sim`."""
+
+    def __init__(self, sim: SimServer) -> None:
+        self.sim = sim
+        self.state = SimpleNamespace(sim=sim)
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        result = self.sim.handle(scope["method"], scope["path"], body)
+        if isinstance(result, Pending):
+            if result.outcome == "hung":
+                await self._hang(receive, result.seconds)
+            else:
+                await self.sim.clock.sleep(result.seconds)
+            result = self.sim.finish(result)
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(result.body)).encode()),
+                   *((k.encode(), v.encode()) for k, v in result.headers.items())]
+        await send({"type": "http.response.start", "status": result.status,
+                    "headers": headers})
+        await send({"type": "http.response.body",
+                    "body": b"" if scope["method"] == "HEAD" else result.body})
+
+    async def _hang(self, receive: Receive, seconds: float) -> None:
+        """Hold the request until `seconds` pass on the clock or the client goes away."""
+        timer = asyncio.ensure_future(self.sim.clock.sleep(seconds))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({timer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            gone.cancel()
+            await asyncio.gather(timer, gone, return_exceptions=True)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def create_sim_app(config: SimConfig | None = None, *, clock: Clock | None = None,
-                   seed: int = 0) -> Starlette:
+                   seed: int = 0) -> SimApp:
     """The simulated OpenAI/Groq API as an ASGI app; its state is `app.state.sim`."""
-    sim = SimServer(config or SimConfig(), clock or SystemClock(), seed)
-
-    def chat(provider: Provider) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            return await sim.chat(provider, request)
-        return endpoint
-
-    def models(provider: Provider) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            return json_response(models_body(provider, int(sim.clock.now())))
-        return endpoint
-
-    async def index(request: Request) -> Response:
-        return json_response({"service": "tickwork sim-llm", "simulated": True,
-                      "openai_base_path": "/v1", "groq_base_path": "/",
-                      "knobs": "/_sim/config", "stats": "/_sim/stats"})
-
-    async def get_config(request: Request) -> Response:
-        return json_response(sim.config.model_dump())
-
-    async def set_config(request: Request) -> Response:
-        try:
-            patch = orjson.loads(await request.body() or b"{}")
-        except orjson.JSONDecodeError:
-            return config_error("the body must be JSON: an object of knobs")
-        if not isinstance(patch, dict):
-            return config_error("the body must be a JSON object of knobs")
-        try:
-            sim.config = sim.config.updated(patch)
-        except ValidationError as exc:
-            return config_error(describe_errors(exc))
-        return json_response(sim.config.model_dump())
-
-    async def stats(request: Request) -> Response:
-        return json_response(sim.stats_json())
-
-    async def reset(request: Request) -> Response:
-        sim.reset()
-        return json_response(sim.stats_json())
-
-    routes = [
-        Route("/", index, methods=["GET"]),
-        Route("/v1/chat/completions", chat("openai"), methods=["POST"]),
-        Route("/openai/v1/chat/completions", chat("groq"), methods=["POST"]),
-        Route("/v1/models", models("openai"), methods=["GET"]),
-        Route("/openai/v1/models", models("groq"), methods=["GET"]),
-        Route("/_sim/config", get_config, methods=["GET"]),
-        Route("/_sim/config", set_config, methods=["POST"]),
-        Route("/_sim/stats", stats, methods=["GET"]),
-        Route("/_sim/reset", reset, methods=["POST"]),
-    ]
-    app = Starlette(routes=routes)
-    app.state.sim = sim
-    return app
+    return SimApp(SimServer(config or SimConfig(), clock or SystemClock(), seed))
 
 
-__all__ = ["MODELS", "SimConfig", "SimServer", "create_sim_app"]
+__all__ = ["MODELS", "Pending", "Reply", "SimApp", "SimConfig", "SimServer", "create_sim_app"]
