@@ -37,7 +37,7 @@ from sqlalchemy import Connection, func, insert, select
 from agents.llm.base import LLMRequest
 from agents.llm.chain import build_chain
 from load_tests.stats import median, summary
-from load_tests.stream import StreamClient, latencies_ms, serving
+from load_tests.stream import ProcessCPU, StreamClient, latencies_ms, serving
 from orchestrator.config import Settings
 from orchestrator.runtime import Runtime, chain_options
 from orchestrator.store.queue import REASON_PREV_RUNNING
@@ -105,6 +105,8 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
             client = StreamClient(await serve.enter_async_context(serving(rt)), duration)
         await rt.start()
         threads_at_start = thread_cpu_s()
+        sim = ProcessCPU(sim_url)  # the simulator's CPU, apart from tickwork's
+        sim0 = sim.seconds()
         began = time.time()
         while (left := began + duration - time.time()) > 0:
             await asyncio.sleep(min(left, 1.0))
@@ -114,6 +116,7 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
         rt.stop_beat()
         arrivals = await client.arrivals() if client is not None else []
         drain_from = time.time()
+        sim_s = sim.seconds() - sim0
         while rt.worker.running and time.time() - drain_from < 120:
             await asyncio.sleep(0.2)
         end_cpu = time.process_time()
@@ -200,6 +203,7 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
         "sdk_cpu_ms_per_call": sdk_ms, "sdk_cpu_ms_per_call_by_provider": sdk_by_provider,
         "cpu_ms_per_tick_without_sdk": (None if sdk_ms is None or cpu is None else
                                         max(0.0, cpu - calls_per_tick * sdk_ms)),
+        "sim_cpu_ms_per_tick": (sim_s * 1000 / max(1, len(started))) if sim.found else None,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         # The peak above counts the pages of the database file read through its memory map;
         # this is the process's own memory at the end.

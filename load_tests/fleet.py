@@ -37,7 +37,7 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import Engine, make_url
 
 from load_tests.stats import median, summary
-from load_tests.stream import StreamClient, free_port
+from load_tests.stream import ProcessCPU, StreamClient, free_port
 from schema import tables as t
 from schema.db import normalise_url
 
@@ -204,6 +204,8 @@ def run_step(database: str, stacks: int, duration: float, workers: int = 2, beat
         pids = {f"{role}{i}": p.pid for i, (role, p) in enumerate(fleet.procs)}
         cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
         server0 = _server_cpu_s()
+        sim = ProcessCPU(sim_url)  # the simulator's CPU, apart from tickwork's
+        sim0 = sim.seconds()
         began = time.time()
         with LockSampler(url) as locks:
             while (left := began + duration - time.time()) > 0:
@@ -214,6 +216,7 @@ def run_step(database: str, stacks: int, duration: float, workers: int = 2, beat
             ended = time.time()
             cpu1 = {name: _cpu_s(pid) for name, pid in pids.items()}
             server1 = _server_cpu_s()
+            sim_s = sim.seconds() - sim0
         if progress:
             print(file=sys.stderr)
         seen = client.stop() if client is not None else []
@@ -223,6 +226,8 @@ def run_step(database: str, stacks: int, duration: float, workers: int = 2, beat
         fleet.stop()
         figures = _figures(engine, began, ended, cpu0, cpu1, server1 - server0, stacks,
                            workers, beats, interval, latency, locks)
+        figures["sim_cpu_ms_per_tick"] = (round(sim_s * 1000 / max(1, figures["ticks_started"]),
+                                                3) if sim.found else None)
         figures["propagation_ms"] = (summary(_propagation(engine, seen, began, ended))
                                      if stream else None)
         figures["stream_events"] = len(seen)

@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
@@ -44,6 +45,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class ProcessCPU:
+    """The CPU seconds of the process listening on `url`'s port (the simulator the step calls),
+    or 0.0 when there is none to be found."""
+
+    def __init__(self, url: str | None) -> None:
+        import psutil
+
+        self._proc: psutil.Process | None = None
+        port = urlsplit(url).port if url else None
+        if port is None:
+            return
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port \
+                    and conn.pid is not None:
+                self._proc = psutil.Process(conn.pid)
+                return
+
+    def seconds(self) -> float:
+        if self._proc is None:
+            return 0.0
+        try:
+            c = self._proc.cpu_times()
+        except Exception:
+            return 0.0
+        return float(c.user + c.system)
+
+    @property
+    def found(self) -> bool:
+        return self._proc is not None
 
 
 @contextlib.asynccontextmanager
