@@ -45,9 +45,9 @@ class Settings(BaseSettings):
                           description="queue/outbox poll without wake-ups")
     reap_every_s: float = Field(default=5.0, gt=0, le=3600)
     claim_batch: int = Field(default=1000, ge=1, le=100_000)
-    group_commit_ms: float = Field(default=20.0, ge=0, le=1000,
-                                   description="how long a journaled step waits to share its "
-                                   "transaction with others")
+    group_commit_ms: float = Field(default=100.0, ge=0, le=1000,
+                                   description="the longest a journaled step waits to share "
+                                   "its transaction with others (the wait follows the load)")
     event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop", description="the event loop the running roles use (uvloop, or the "
         "standard library's asyncio loop)")
