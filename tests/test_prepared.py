@@ -110,3 +110,21 @@ def test_grouped_writes_after_close_fail_instead_of_hanging(tmp_path: Path) -> N
 
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(write())
+
+
+def test_a_group_waits_longer_the_busier_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait for company follows the arrival rate: a quiet process commits at once, one
+    taking 400 steps a second waits 100 ms (the window's cap)."""
+    from orchestrator.store import groupcommit
+
+    now = [1000.0]
+    monkeypatch.setattr(groupcommit.time, "monotonic", lambda: now[0])
+    group: GroupCommit[str, int] = GroupCommit(lambda items: [], None, window_s=0.1)  # type: ignore[arg-type]
+    group._arrived(now[0])
+    assert group.wait_s() < 0.001  # one write in a quiet process
+    for _ in range(4000):  # ten seconds of 400 writes a second
+        now[0] += 1 / 400
+        group._arrived(now[0])
+    assert 0.09 <= group.wait_s() <= 0.1
+    now[0] += 30  # quiet again
+    assert group.wait_s() < 0.001
