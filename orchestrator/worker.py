@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,6 +63,43 @@ class Lease:
         return self._clock.monotonic() < self.until
 
 
+class Pacer:
+    """Lets claimed ticks begin a few at a time, one turn of the event loop apart.
+
+    A slot's claim hands a worker hundreds of ticks at once, and each runs until its first LLM
+    request is on its way (its prompt, the SDK building the request: about a millisecond).
+    Begun together they would hold the loop for the whole burst, everything else in the
+    process (responses arriving, commits, the event stream) waiting behind them; begun
+    `per_turn` at a time, the loop polls for I/O and runs what else is due between each few.
+    The ticks still begin in the order claimed, and no later in all."""
+
+    def __init__(self, per_turn: int = 16) -> None:
+        self._per_turn = per_turn
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._releasing = False
+
+    async def turn(self) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(future)
+        if not self._releasing:
+            self._releasing = True
+            loop.call_soon(self._release, loop)
+        await future
+
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        for _ in range(self._per_turn):
+            if not self._waiting:
+                break
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+        if self._waiting:
+            loop.call_soon(self._release, loop)  # the next few, after this turn's I/O
+        else:
+            self._releasing = False
+
+
 @dataclass
 class _Running:
     tick: Claimed
@@ -85,6 +123,7 @@ class Worker:
         # worker claimed after it are two entries, each heartbeated or stopped on its own.
         self._running: dict[Key, _Running] = {}
         self._capacity_freed = asyncio.Event()
+        self._pacer = Pacer()
         self._stopping = False
         self.finished = 0
 
@@ -115,6 +154,7 @@ class Worker:
             early = tick.scheduled_at - self._clock.now()
             if early > 0:  # scheduled at its phase after the slot (TICKWORK_SPREAD_S)
                 await self._clock.sleep(early)
+            await self._pacer.turn()
             await within(self._clock, self._cfg.tick_timeout_s,
                          self._runner.run(tick, state, lease))
         except TimeoutError:

@@ -245,3 +245,30 @@ def test_a_worker_starts_a_spread_tick_at_its_phase_not_before(db_url: str,
         assert row["status"] == "succeeded"
         first = min(s["started_at"] for s in steps_of(rt.db, row["id"]))
         assert first >= row["scheduled_at"]
+
+
+def test_claimed_ticks_begin_a_few_at_a_time_with_the_loop_turning_between() -> None:
+    """A slot's claim may hand a worker hundreds of ticks; they begin a few per turn of the
+    event loop, in the order claimed, so the loop serves its other work between them."""
+    from orchestrator.worker import Pacer
+
+    async def scenario() -> list[str]:
+        pacer, seen = Pacer(per_turn=4), []
+
+        async def tick(i: int) -> None:
+            await pacer.turn()
+            seen.append(f"t{i}")
+
+        async def other() -> None:  # something else due on the loop meanwhile
+            for _ in range(3):
+                await asyncio.sleep(0)
+                seen.append("other")
+
+        await asyncio.gather(*(tick(i) for i in range(12)), other())
+        return seen
+
+    seen = asyncio.run(scenario())
+    ticks = [s for s in seen if s != "other"]
+    assert ticks == [f"t{i}" for i in range(12)]
+    first_other = seen.index("other")
+    assert 0 < first_other < 12  # the loop turned before every tick had begun
