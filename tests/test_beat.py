@@ -270,5 +270,6 @@ def test_claimed_ticks_begin_a_few_at_a_time_with_the_loop_turning_between() -> 
     seen = asyncio.run(scenario())
     ticks = [s for s in seen if s != "other"]
     assert ticks == [f"t{i}" for i in range(12)]
-    first_other = seen.index("other")
-    assert 0 < first_other < 12  # the loop turned before every tick had begun
+    between = [i for i, s in enumerate(seen)
+               if s == "other" and seen.index("t0") < i < seen.index("t11")]
+    assert between  # the loop turned, and ran the rest, before every tick had begun
