@@ -228,18 +228,19 @@ def _fallbacks(conn: Connection) -> int:
     return sum(1 for step, provider in served.items() if provider != first[step])
 
 
-async def _sdk_call_cpu_ms(rt: Runtime, sim_url: str, calls: int = 100) -> dict[str, float]:
+async def _sdk_call_cpu_ms(rt: Runtime, sim_url: str, calls: int = 400) -> dict[str, float]:
     """`sdk_call_cpu_ms` for the providers of `rt`'s chain."""
     providers = [p.name for p in rt.chain.providers] if rt.chain is not None else []
     return await sdk_call_cpu_ms(rt.settings, providers, sim_url, calls)
 
 
 async def sdk_call_cpu_ms(settings: Settings, providers: list[str], sim_url: str,
-                          calls: int = 100) -> dict[str, float]:
+                          calls: int = 400, inflight: int = 50) -> dict[str, float]:
     """CPU of one model call through each provider (the SDK's request and response
-    handling), in this process, against sim-llm answering at once; the step's latency is put
-    back afterwards. Each provider is called through a chain of its own, built like the step's
-    but without rate limits, so calibrating spends none of the limits the step runs under."""
+    handling), in this process, against sim-llm answering at once, `inflight` calls at a time
+    as in a step; the step's latency is put back afterwards. Each provider is called through
+    a chain of its own, built like the step's but without rate limits, so calibrating spends
+    none of the limits the step runs under."""
     env = {"GROQ_API_KEY": "sim", "GROQ_BASE_URL": sim_url,
            "OPENAI_API_KEY": "sim", "OPENAI_BASE_URL": sim_url + "/v1"}
     options = dataclasses.replace(chain_options(settings), groq_rpm=None, groq_tpm=None,
@@ -255,12 +256,15 @@ async def sdk_call_cpu_ms(settings: Settings, providers: list[str], sim_url: str
             for name in providers:
                 chain = build_chain(name, env, clock, options)
                 try:
-                    for _ in range(5):  # warm the connection pool
-                        await chain.llm.complete(request)
+                    # As in a step: many calls in flight at once (and the pool warm first).
+                    await asyncio.gather(*(chain.llm.complete(request)
+                                           for _ in range(inflight)))
                     cpu = time.process_time()
-                    for _ in range(calls):
-                        await chain.llm.complete(request)
-                    out[name] = (time.process_time() - cpu) * 1000 / calls
+                    for _ in range(max(1, calls // inflight)):
+                        await asyncio.gather(*(chain.llm.complete(request)
+                                               for _ in range(inflight)))
+                    out[name] = ((time.process_time() - cpu) * 1000
+                                 / (max(1, calls // inflight) * inflight))
                 finally:
                     await chain.aclose()
         finally:
