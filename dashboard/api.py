@@ -11,7 +11,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from dashboard import errors, pages, routes_stacks, routes_system, sse, system
+from dashboard import (
+    errors,
+    metrics,
+    pages,
+    routes_charts,
+    routes_stacks,
+    routes_system,
+    security,
+    sse,
+    system,
+)
 from dashboard.auth import Authenticator
 from dashboard.session import RedisSessionStore, SessionStore
 from orchestrator import fleet
@@ -47,10 +57,13 @@ def create_app(rt: Runtime, *, event_backlog: int = sse.MAX_PENDING) -> FastAPI:
     app.state.events = tailer
     app.state.sessions = sessions
     errors.install(app)
+    security.install(app, rt)
     pages.mount_static(app)
     app.include_router(pages.router(rt, sessions))
     app.include_router(routes_system.router(rt, tailer))
     app.include_router(system.router(rt))
     app.include_router(routes_stacks.router(rt, auth))
     app.include_router(sse.router(rt.store, tailer))
+    app.include_router(metrics.router(rt, tailer))
+    app.include_router(routes_charts.router(rt))
     return app

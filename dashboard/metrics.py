@@ -15,8 +15,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import get_args
 
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import Connection, func, select
 
+from dashboard.sse import EventTailer
+from orchestrator.fleet import version as fleet_version
 from orchestrator.runtime import Runtime
 from orchestrator.stats import Snapshot
 from orchestrator.store.reasons import REASON_PREV_QUEUED, REASON_PREV_RUNNING
@@ -183,3 +187,19 @@ async def scrape(rt: Runtime, event_clients: int, version: str) -> str:
     for p in rt.chain.providers if rt.chain is not None else []:
         await p.breaker.refresh()  # a breaker the fleet shares: its state now
     return render(db, process_part(rt, event_clients, version))
+
+
+PROMETHEUS_TEXT = CONTENT_TYPE
+
+
+def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
+    api = APIRouter(tags=["system"])
+
+    @api.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {PROMETHEUS_TEXT: {}}}})
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text format."""
+        body = await scrape(rt, tailer.clients, fleet_version())
+        return PlainTextResponse(body, media_type=PROMETHEUS_TEXT)
+
+    return api

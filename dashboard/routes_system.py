@@ -10,11 +10,10 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import Connection, text
 
-from dashboard import metrics as metrics_text
 from dashboard.sse import EventTailer
 from dashboard.system import FleetProcess, FleetTotals, fleet_of, wakeups
 from orchestrator import fleet
@@ -24,7 +23,6 @@ from orchestrator.store import queue
 from schema import read
 
 READY_TIMEOUT_S = 2.0
-PROMETHEUS_TEXT = metrics_text.CONTENT_TYPE
 
 
 class Status(BaseModel):
@@ -93,13 +91,6 @@ def router(rt: Runtime, tailer: EventTailer) -> APIRouter:
                             error=f"database did not answer: {_reason(exc)}")
             return JSONResponse(body.model_dump(), status_code=503)
         return Ready(status="ok", wakeups=wakeups(rt))
-
-    @api.get("/metrics", response_class=PlainTextResponse,
-             responses={200: {"content": {PROMETHEUS_TEXT: {}}}})
-    async def metrics() -> PlainTextResponse:
-        """Prometheus text format."""
-        body = await metrics_text.scrape(rt, tailer.clients, version())
-        return PlainTextResponse(body, media_type=PROMETHEUS_TEXT)
 
     @api.get("/api")
     async def index() -> dict[str, Any]:
