@@ -33,13 +33,20 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A tick a worker claimed: what it needs to run it. `attempt` is the fencing token: a
-    retried tick gets a new one, and a stale attempt can write nothing."""
+    retried tick gets a new one, and a stale attempt can write nothing.
+
+    For its trace: `trigger`, what earlier attempts spent (`cost_usd`), and `trace`, the
+    (trace id, root span id) its row records — at claim, an earlier attempt's; a traced
+    attempt runs with its own, which its step commits write."""
 
     id: int
     stack_id: int
     slot: int | None
     attempt: int
     scheduled_at: float
+    trigger: str = "beat"
+    cost_usd: float = 0.0
+    trace: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
