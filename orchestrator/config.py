@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_prefix: str = Field(default="tickwork:", min_length=1, max_length=64,
                               description="the prefix of every Redis key and channel")
+    public_url: str | None = Field(default=None, description="the dashboard's address as its "
+                                   "users reach it; https: the session cookie is Secure")
     tick_interval: int = Field(default=10, ge=1, le=86_400, description="the beat, seconds")
     lease_s: float = Field(default=30.0, gt=0, le=3600, description="a claimed tick's lease")
     max_concurrent_ticks: int = Field(default=1000, ge=1, le=100_000)
@@ -104,6 +106,22 @@ class Settings(BaseSettings):
         if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be redis://HOST:PORT[/DB], rediss://… or unix:///PATH")
         return v
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, e.g. "
+                             "https://tickwork.example.com")
+        return v.strip().rstrip("/")
+
+    @property
+    def https(self) -> bool:
+        """The dashboard is served over HTTPS (TICKWORK_PUBLIC_URL says so)."""
+        return self.public_url is not None and urlsplit(self.public_url).scheme == "https"
 
     @field_validator("spread_s")
     @classmethod
