@@ -1,9 +1,10 @@
-"""The System page (`/system`) and its JSON twin (`GET /api/system/health`).
+"""What the System page shows (`health`), and its JSON twin (`GET /api/system/health`).
 
 What an operator checks first: beat lateness, throughput, the queue, the workers, and each
 LLM provider's breaker and rate-limit headroom. Figures about this process come from its
 `Stats`, its beat and its chain; figures about all workers come from the database
-(`orchestrator.activity`). Every value is escaped on the way into the page.
+(`orchestrator.activity`). The page itself (`/system`) is `dashboard.pages` rendering
+`templates/system.html` from `health`.
 """
 
 from __future__ import annotations
@@ -11,17 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter
 from pydantic import BaseModel
 
-from dashboard.pages_html import esc, page
 from orchestrator import activity, fleet
 from orchestrator.runtime import Runtime
 from schema import read
 from schema.models import ts
-
-DASH = "—"
 
 
 class Lateness(BaseModel):
@@ -200,124 +197,6 @@ async def health(rt: Runtime) -> SystemHealth:
                          for s in seen.providers])
 
 
-# -- HTML ----------------------------------------------------------------------------------
-
-def _ms(value: float | None) -> str:
-    return DASH if value is None else f"{value:.1f} ms"
-
-
-def _s(value: float | None) -> str:
-    return DASH if value is None else f"{value:.1f} s"
-
-
-def _n(value: int | None) -> str:
-    return DASH if value is None else str(value)
-
-
-def _badge(kind: str) -> str:
-    return f'<span class="badge {esc(kind)}">{esc(kind)}</span>'
-
-
-def _table(head: list[str], rows: list[list[str]], empty: str) -> str:
-    """A table; the cells are HTML already escaped by the caller."""
-    if not rows:
-        return f'<p class="empty">{esc(empty)}</p>'
-    th = "".join(f"<th>{esc(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
-
-
-BREAKER_BADGE = {"closed": "ok", "half_open": "rate_limited", "open": "failed"}
-
-
-def _provider_rows(h: SystemHealth) -> list[list[str]]:
-    rows = []
-    for p in h.providers:
-        b, r = p.breaker, p.headroom
-        breaker = (f'<span class="badge {BREAKER_BADGE.get(b.state, "failed")}">'
-                   f"{esc(b.state)}</span>")
-        probe = _s(b.probe_in_s) if b.state == "open" else ("in flight" if b.probing else DASH)
-        rows.append([esc(p.label), breaker, esc(b.failures), esc(probe),
-                     esc(f"{_n(r.requests_left)} / {_n(r.rpm)}"), esc(_s(r.requests_reset_s)),
-                     esc(f"{_n(r.tokens_left)} / {_n(r.tpm)}"), esc(_s(r.tokens_reset_s)),
-                     esc(_s(r.blocked_for_s))])
-    return rows
-
-
-def system_body(h: SystemHealth) -> str:
-    """The page's content, one `#system` element (the layout around it is the dashboard's),
-    so a live page can re-read the page and swap it in."""
-    sim = ' <span class="badge simulated">simulated</span>' if h.simulated else ""
-    providers = _table(
-        ["provider", "breaker", "failures", "probe in", "requests left / rpm", "resets in",
-         "tokens left / tpm", "resets in", "held off"], _provider_rows(h),
-        "No provider in the chain: the simulated model answers every call."
-        if h.simulated else "No provider in the chain.")
-    recent = _table(
-        ["provider", "attempts", "ok", "ok share", "outcomes"],
-        [[esc(a.provider), esc(a.attempts), esc(a.ok), esc(f"{a.ok_share:.0%}"),
-          esc(", ".join(f"{k} {v}" for k, v in sorted(a.statuses.items())))]
-         for a in h.recent_attempts],
-        f"No LLM attempt in the last {h.window_s:g} s.")
-    workers = _table(["worker", "running ticks"],
-                     [[esc(w.id), esc(w.running)] for w in h.workers],
-                     "No worker holds a running tick.")
-    fleet_rows = [[esc(p.role) + (' <span class="badge ok">this</span>' if p.this else ""),
-                   esc(p.host), esc(p.pid), esc(p.version), esc(_s(p.heartbeat_age_s)),
-                   esc(p.running), esc(p.finished), f"<code>{esc(p.id)}</code>"]
-                  for p in h.fleet]
-    fleet_table = _table(["role", "host", "pid", "version", "heartbeat", "running",
-                          "finished", "process"], fleet_rows, "No live process registered.")
-    t = h.fleet_totals
-    fleet_sum = ("" if t is None else
-                 f'<p class="fleet-totals">{esc(t.processes)} process(es): '
-                 + esc(", ".join(f"{n} {r}" for r, n in sorted(t.by_role.items())))
-                 + f" · {esc(t.running)} tick(s) running · {esc(t.finished)} finished</p>")
-    fires = _table(["slot", "queued", "skipped", "fan-out"],
-                   [[esc(f.slot), esc(f.queued), esc(f.skipped), esc(_ms(f.fanout_ms))]
-                    for f in h.beat_fires], "This process has not fired the beat.")
-    overview = _table(["", "this process", "all workers"], [
-        ["beat lateness p50", esc(_ms(h.lateness.p50_ms)), esc(_ms(h.lateness_all.p50_ms))],
-        ["beat lateness p99", esc(_ms(h.lateness.p99_ms)), esc(_ms(h.lateness_all.p99_ms))],
-        ["lateness samples", esc(h.lateness.samples), esc(h.lateness_all.samples)],
-        ["start of work p50", esc(_ms(h.work_lateness.p50_ms)),
-         esc(_ms(h.work_lateness_all.p50_ms))],
-        ["start of work p99", esc(_ms(h.work_lateness.p99_ms)),
-         esc(_ms(h.work_lateness_all.p99_ms))],
-        [f"ticks per second (last {esc(f'{h.window_s:g}')} s)", esc(f"{h.ticks_per_s:.2f}"),
-         esc(f"{h.ticks_per_s_all:.2f}")],
-        ["running ticks", esc(h.worker.running), esc(h.running)],
-        ["queue depth", DASH, esc(h.queue_depth)],
-    ], "")
-    return (
-        '<div id="system"><h1>System</h1>'
-        f'<p class="llm">LLM chain: <span class="chain">{esc(h.llm)}</span>{sim}</p>'
-        f'<p>Beat every {esc(h.tick_interval)} s · {_this(h)} · wake-ups: '
-        f'<span class="wakeups">{esc(h.wakeups)}</span> · '
-        '<a href="/metrics">/metrics</a> · <a href="/api/system/health">JSON</a></p>'
-        f'<section id="fleet"><h2>Fleet</h2>{fleet_sum}{fleet_table}</section>'
-        f'<section id="overview"><h2>Overview</h2>{overview}</section>'
-        f'<section id="providers"><h2>Providers</h2>{_providers_note(h)}{providers}'
-        f'<h3>Last {esc(f"{h.window_s:g}")} s of LLM attempts (all workers)</h3>{recent}</section>'
-        f'<section id="workers"><h2>Workers</h2>{workers}</section>'
-        f'<section id="beat"><h2>Beat (this process)</h2>{fires}</section></div>'
-    )
-
-
-def _this(h: SystemHealth) -> str:
-    if h.role in ("up", "worker"):
-        return (f'this {esc(h.role)} process <code>{esc(h.worker.id)}</code> runs '
-                f'{esc(h.worker.running)} of at most {esc(h.worker.concurrency_limit)} ticks')
-    return f'this {esc(h.role)} process runs no ticks (the fleet below does)'
-
-
-def _providers_note(h: SystemHealth) -> str:
-    if h.role in ("up", "worker"):
-        return ""
-    return ('<p class="note">Breakers and rate limits below are this process\'s; the workers '
-            'keep their own. The attempts further down are every worker\'s.</p>')
-
-
 def router(rt: Runtime) -> APIRouter:
     api = APIRouter(tags=["system"])
 
@@ -326,14 +205,5 @@ def router(rt: Runtime) -> APIRouter:
         """Beat lateness, throughput, queue, workers, and each provider's breaker and
         rate-limit headroom (what the System page shows)."""
         return await health(rt)
-
-    @api.get("/system", response_class=HTMLResponse, include_in_schema=False)
-    async def system_page(request: Request) -> HTMLResponse:
-        sessions = getattr(request.app.state, "sessions", None)
-        session = sessions.of(request) if sessions is not None else None
-        body = system_body(await health(rt))
-        return HTMLResponse(page("System", body, path=request.url.path,
-                                 csrf=session.csrf if session is not None else None,
-                                 kind="system"))
 
     return api

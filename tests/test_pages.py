@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from dashboard.api import create_app
-from dashboard.pages_tick import tick_body
+from dashboard.render import Renderer
 from dashboard.session import SESSION_COOKIE
 from orchestrator.runtime import Runtime
 from orchestrator.store import outbox
@@ -168,7 +168,8 @@ def test_tick_page_shows_each_step_with_prompt_output_and_attempts(runtime: Runt
                 in page
             assert f'<div class="wf-row" data-agent="{agent}">' in page
         assert page.count('<tr class="attempt"><td class="provider">sim</td>') == 4
-        assert page.count('class="wf-bar succeeded" style="margin-left:') == 4
+        assert page.count('class="wf-bar succeeded" data-left="') == 4
+        assert ' style=' not in page  # widths are data, applied by the page script
         assert 'class="role">system</span>' in page  # the prompt's chat messages
         assert '<pre class="output">' in page
         assert "fallback" not in page  # one provider: nothing fell back
@@ -200,7 +201,7 @@ def test_fallback_and_skipped_attempts_are_marked_plainly() -> None:
                       attempt=1, reason=None, queued_at=ts(100.0), scheduled_at=ts(100.0),
                       started_at=ts(100.0), finished_at=ts(101.0), lateness_ms=0.0,
                       duration_ms=1000.0, stack_name="alpha", steps=[step])
-    page = tick_body(tick)
+    page = Renderer().html("parts/tick_detail.html", {"tick": tick})
     rows = page.split('<tr class="attempt">')[1:]
     assert len(rows) == 3
     assert "fallback" not in rows[0] and "2.5 s" in rows[0] and "429 from groq" in rows[0]

@@ -1,51 +1,170 @@
-// tickwork dashboard: write buttons and live updates over /api/events.
-// Data from the server is put on the page with textContent only, never as HTML.
+// tickwork dashboard: write buttons, times in the browser's zone, and live updates over
+// /api/events. This script builds no markup: when an event arrives it fetches the part of the
+// page the event touches, rendered by the server from the same template as the page
+// (dashboard/pages.py lists the parts), and swaps it in.
 "use strict";
 
 const body = document.body;
+const page = body.dataset.page;
 const csrfMeta = document.querySelector('meta[name="csrf-token"]');
 const csrf = csrfMeta ? csrfMeta.content : null;
-const DASH = "—";
+const headerMeta = document.querySelector('meta[name="csrf-header"]');
+const csrfHeader = headerMeta ? headerMeta.content : "X-CSRF-Token";
 
-// -- formatting (matches dashboard/pages_html.py) ------------------------------------------
+// -- times: shown in the browser's own zone, the zone named ------------------------------------
 
-function el(tag, cls, text) {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  return node;
+const CLOCK = {hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+               timeZoneName: "short"};
+const timeOfDay = new Intl.DateTimeFormat(undefined, CLOCK);
+const dateAndTime = new Intl.DateTimeFormat(undefined,
+  {year: "numeric", month: "short", day: "numeric", ...CLOCK});
+
+function showTime(node) {
+  const when = new Date(node.dateTime);
+  if (Number.isNaN(when.getTime())) return;
+  const today = when.toDateString() === new Date().toDateString();
+  node.textContent = (today ? timeOfDay : dateAndTime).format(when);
+  node.title = when.toISOString();
 }
 
-function badge(status) {
-  return el("span", "badge " + status, status);
+function all(root, selector) {
+  const found = Array.from(root.querySelectorAll(selector));
+  if (root.matches && root.matches(selector)) found.unshift(root);
+  return found;
 }
 
-function timeEl(iso) {
-  if (!iso) return document.createTextNode(DASH);
-  const d = new Date(iso);
-  const t = el("time", null, d.toISOString().slice(11, 19));
-  t.dateTime = d.toISOString();
-  t.title = d.toISOString();
-  return t;
+// Everything a freshly rendered part needs from the script: local times, waterfall bars.
+function enhance(root) {
+  for (const node of all(root, "time[datetime]")) showTime(node);
+  for (const bar of all(root, ".wf-bar[data-left]")) {
+    bar.style.setProperty("margin-left", bar.dataset.left + "%");
+    bar.style.setProperty("width", bar.dataset.width + "%");
+  }
 }
 
-function ms(v) {
-  if (v === null || v === undefined) return DASH;
-  return v >= 1000 ? (v / 1000).toFixed(2) + " s" : Math.round(v) + " ms";
-}
-
-function nextTick(stack) {
-  if (stack.execution_state !== "running") return null;
+// A running stack's "next tick" moves on with the clock.
+function advanceNextTicks() {
   const now = Date.now() / 1000;
-  const next = (Math.floor(now / stack.interval_s) + 1) * stack.interval_s;
-  return new Date(next * 1000).toISOString();
+  for (const node of document.querySelectorAll("time[data-every]")) {
+    const every = Number(node.dataset.every);
+    if (!(every > 0)) continue;
+    const next = (Math.floor(now / every) + 1) * every * 1000;
+    if (new Date(node.dateTime).getTime() === next) continue;
+    node.dateTime = new Date(next).toISOString();
+    showTime(node);
+  }
 }
 
-function fill(cell, ...nodes) {
-  cell.replaceChildren(...nodes);
+// -- server-rendered parts -------------------------------------------------------------------
+
+// Fetch a part; null when its stack or tick is gone (404).
+async function fetchPart(url) {
+  const r = await fetch(url, {headers: {"Accept": "text/html"}, credentials: "same-origin",
+                              cache: "no-store"});
+  if (r.status === 404) return null;
+  if (!r.ok) throw new Error(`${url}: ${r.status}`);
+  const holder = document.createElement("template");
+  holder.innerHTML = await r.text();  // escaped by the server's templates
+  return holder.content.firstElementChild;
 }
 
-// -- writes ---------------------------------------------------------------------------------
+// Replace what `selector` finds with a fresh copy from `url`; `place(fresh)` puts a part that
+// is not on the page yet; a part that is gone is removed.
+async function swap(url, selector, place) {
+  const fresh = await fetchPart(url);
+  const old = document.querySelector(selector);
+  if (fresh === null) {
+    if (old) old.remove();
+    return;
+  }
+  enhance(fresh);
+  if (old) old.replaceWith(fresh);
+  else if (place) place(fresh);
+}
+
+// Rows stay in id order (newest first in a timeline) whichever answer arrives first.
+function insertById(tbody, row, key, newestFirst) {
+  const id = Number(row.dataset[key]);
+  for (const other of tbody.children) {
+    const theirs = Number(other.dataset[key]);
+    if (newestFirst ? theirs < id : theirs > id) {
+      other.before(row);
+      return;
+    }
+  }
+  tbody.append(row);
+}
+
+// One refresh per part at a time: events that arrive meanwhile share the next one.
+const jobs = new Map();
+
+function soon(key, run, delay = 150) {
+  const job = jobs.get(key);
+  if (job) {
+    if (job.running) job.again = true;
+    return;
+  }
+  const mine = {running: false, again: false};
+  jobs.set(key, mine);
+  setTimeout(async () => {
+    mine.running = true;
+    try {
+      await run();
+    } catch (err) {
+      console.warn("tickwork: refresh failed", err);
+    } finally {
+      jobs.delete(key);
+      if (mine.again) soon(key, run, 0);
+    }
+  }, delay);
+}
+
+const refresh = {
+  stackRow(id) {
+    soon(`row ${id}`, () => swap(`/stacks/${id}/row`, `#stacks tr[data-stack-id="${id}"]`,
+      (row) => {
+        const tbody = document.querySelector("#stacks tbody");
+        if (!tbody) return;
+        insertById(tbody, row, "stackId", false);
+        const empty = document.getElementById("no-stacks");
+        if (empty) empty.remove();
+      }));
+  },
+  toolbar() {
+    soon("toolbar", () => swap("/stacks/toolbar", "#stacks-toolbar"));
+  },
+  head(id) {
+    soon("head", () => swap(`/stacks/${id}/head`, "#stack-head"));
+  },
+  extras(id) {
+    soon("extras", () => swap(`/stacks/${id}/extras`, "#stack-extras"), 300);
+  },
+  tickRow(id) {
+    soon(`tick ${id}`, () => swap(`/ticks/${id}/row`, `#timeline tr[data-tick-id="${id}"]`,
+      (row) => {
+        const tbody = document.querySelector("#timeline tbody");
+        if (tbody) insertById(tbody, row, "tickId", true);
+      }));
+  },
+  tick(id) {
+    soon("tick", () => swap(`/ticks/${id}/detail`, "#tick"));
+  },
+  system() {  // its figures change with every tick: at most once a second
+    soon("system", () => swap("/system/detail", "#system"), 1000);
+  },
+};
+
+// After a write from this page: what it changed, at once (the events follow anyway).
+function changed(stackId) {
+  if (page === "stacks") {
+    if (stackId) refresh.stackRow(stackId);
+    refresh.toolbar();
+  } else if (page === "stack" && stackId) {
+    refresh.head(stackId);
+  }
+}
+
+// -- writes ------------------------------------------------------------------------------------
 
 function flash(message, isError) {
   const box = document.getElementById("flash");
@@ -55,9 +174,26 @@ function flash(message, isError) {
   box.hidden = !message;
 }
 
+// What a refused request says: each field's problem when the API lists them.
+function problem(data, status) {
+  if (!data) return `request failed: ${status}`;
+  const detail = data.detail !== undefined ? data.detail : data.errors;
+  if (Array.isArray(detail) && detail.length) {
+    return detail.map((d) => {
+      if (typeof d === "string") return d;
+      let field = d.field || (Array.isArray(d.loc) ? d.loc.join(".") : "");
+      field = String(field).replace(/^body\.?/, "");
+      const message = d.message || d.msg || d.detail || "";
+      return field && field !== "request" ? `${field}: ${message}` : message;
+    }).join("; ");
+  }
+  if (typeof detail === "string" && detail) return detail;
+  return data.error || data.title || data.message || `request failed: ${status}`;
+}
+
 async function write(method, url, payload) {
   const headers = {"Accept": "application/json"};
-  if (csrf) headers["X-CSRF-Token"] = csrf;
+  if (csrf) headers[csrfHeader] = csrf;
   if (payload !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(url, {
     method, headers, credentials: "same-origin",
@@ -65,38 +201,63 @@ async function write(method, url, payload) {
   });
   const data = r.status === 204 ? null : await r.json().catch(() => null);
   if (!r.ok) {
-    flash((data && data.error) || ("request failed: " + r.status), true);
+    flash(problem(data, r.status), true);
     return null;
   }
   // A play or pause that found the stack already so says what it found.
   flash(data && data.changed === false && data.message ? data.message : "", false);
-  return data;
+  return data || {};
+}
+
+function askReason(question) {
+  const reason = window.prompt(question, "");
+  if (reason === null) return null;
+  return reason ? {reason} : {};
 }
 
 const actions = {
   "play": (id) => write("POST", `/api/stacks/${id}/play`),
   "pause": (id) => {
-    const reason = window.prompt("Why pause this stack? (optional)", "");
-    if (reason === null) return null;
-    return write("POST", `/api/stacks/${id}/pause`, reason ? {reason} : {});
+    const body = askReason("Why pause this stack? (optional)");
+    return body === null ? null : write("POST", `/api/stacks/${id}/pause`, body);
   },
   "tick": (id) => write("POST", `/api/stacks/${id}/tick`),
   "play-all": () => write("POST", "/api/stacks/play-all"),
   "pause-all": () => {
-    const reason = window.prompt("Why pause every stack? (optional)", "");
-    if (reason === null) return null;
-    return write("POST", "/api/stacks/pause-all", reason ? {reason} : {});
+    const body = askReason("Why pause every stack? (optional)");
+    return body === null ? null : write("POST", "/api/stacks/pause-all", body);
   },
 };
 
+async function copy(button) {
+  try {
+    await navigator.clipboard.writeText(button.dataset.copy);
+    flash("copied " + button.dataset.copy, false);
+  } catch (err) {
+    const code = button.parentElement && button.parentElement.querySelector("code");
+    if (code) window.getSelection().selectAllChildren(code);
+  }
+}
+
 document.addEventListener("click", async (ev) => {
+  const copyButton = ev.target.closest("button[data-copy]");
+  if (copyButton) {
+    await copy(copyButton);
+    return;
+  }
   const button = ev.target.closest("button[data-action]");
   if (!button || button.disabled) return;
   const run = actions[button.dataset.action];
   if (!run) return;
-  const id = button.dataset.stack;
-  const result = await run(id);
-  if (result && id) refreshStack(Number(id));
+  const id = button.dataset.stack ? Number(button.dataset.stack) : null;
+  button.disabled = true;  // until the part is rendered again
+  let result = null;
+  try {
+    result = await run(id);
+  } finally {
+    if (!result) button.disabled = false;
+  }
+  if (result) changed(id);
 });
 
 const createForm = document.getElementById("create-stack");
@@ -108,175 +269,32 @@ if (createForm) {
       {name: String(form.get("name") || ""), goal: String(form.get("goal") || "")});
     if (made) {
       createForm.reset();
-      renderStackRow(made);
+      changed(made.id);
     }
   });
 }
 
-// -- Stacks page: one row per stack --------------------------------------------------------
-
-function actionButton(action, label, id) {
-  const b = el("button", null, label);
-  b.type = "button";
-  b.dataset.action = action;
-  b.dataset.stack = String(id);
-  if (!csrf) {
-    b.disabled = true;
-    b.title = "sign in to change things";
-  }
-  return b;
-}
-
-function renderStackRow(stack) {
-  const tbody = document.querySelector("#stacks tbody");
-  if (!tbody) return;
-  let row = tbody.querySelector(`tr[data-stack-id="${stack.id}"]`);
-  if (!row) {
-    row = el("tr");
-    row.dataset.stackId = String(stack.id);
-    for (const cls of ["name", "state", "last", "next", "rate", "tokens num", "cost num",
-                       "actions"]) row.appendChild(el("td", cls));
-    tbody.appendChild(row);
-    const empty = document.querySelector("p.empty");
-    if (empty) empty.remove();
-  }
-  row.dataset.interval = String(stack.interval_s);
-  row.dataset.state = stack.execution_state;
-  const cells = row.children;
-  const link = el("a", null, stack.name);
-  link.href = `/stacks/${stack.id}`;
-  fill(cells[0], link);
-  fill(cells[1], badge(stack.execution_state));
-  const last = stack.last_tick;
-  if (last) fill(cells[2], badge(last.status), document.createTextNode(" "),
-                 timeEl(last.finished_at || last.queued_at));
-  else fill(cells[2], document.createTextNode(DASH));
-  fill(cells[3], timeEl(nextTick(stack)));
-  const c = stack.counts;
-  const done = c.succeeded + c.failed + c.timed_out;
-  cells[4].textContent = done ? Math.round(100 * c.succeeded / done) + "%" : DASH;
-  const u = stack.usage_today;
-  cells[5].textContent = String(u.input_tokens + u.output_tokens);
-  cells[6].textContent = "$" + u.cost_usd.toFixed(4);
-  if (!cells[7].children.length) {
-    fill(cells[7], actionButton("play", "Play", stack.id), actionButton("pause", "Pause", stack.id),
-         actionButton("tick", "Run a tick now", stack.id));
-  }
-}
-
-const pending = new Map();  // stack id -> timer: coalesce bursts of events per stack
-
-function refreshStack(id) {
-  if (pending.has(id)) return;
-  pending.set(id, setTimeout(async () => {
-    pending.delete(id);
-    const r = await fetch(`/api/stacks/${id}`, {headers: {"Accept": "application/json"}});
-    if (r.status === 404) {
-      const row = document.querySelector(`#stacks tr[data-stack-id="${id}"]`);
-      if (row) row.remove();
-      return;
-    }
-    if (!r.ok) return;
-    const stack = await r.json();
-    if (body.dataset.page === "stacks") renderStackRow(stack);
-    if (body.dataset.page === "stack") renderStackHead(stack);
-  }, 200));
-}
-
-// -- Stack page: header and the tick timeline ----------------------------------------------
-
-function renderStackHead(stack) {
-  const head = document.querySelector("header.stack-head");
-  if (!head) return;
-  const h1 = head.querySelector("h1");
-  fill(h1, document.createTextNode(stack.name + " "), badge(stack.execution_state));
-  head.querySelector(".reason").textContent =
-    stack.pause_reason ? "paused: " + stack.pause_reason : "";
-  head.dataset.interval = String(stack.interval_s);
-  head.dataset.state = stack.execution_state;
-  fill(head.querySelector(".next"), timeEl(nextTick(stack)));
-}
-
-function renderTickRow(tick) {
-  const tbody = document.querySelector("#timeline tbody");
-  if (!tbody) return;
-  let row = tbody.querySelector(`tr[data-tick-id="${tick.id}"]`);
-  if (!row) {
-    row = el("tr");
-    row.dataset.tickId = String(tick.id);
-    for (const cls of ["id", "status", "trigger", "when", "lateness num", "duration num",
-                       "reason"]) row.appendChild(el("td", cls));
-    tbody.prepend(row);
-  }
-  const cells = row.children;
-  const link = el("a", null, "#" + tick.id);
-  link.href = `/ticks/${tick.id}`;
-  fill(cells[0], link);
-  fill(cells[1], badge(tick.status));
-  cells[2].textContent = tick.trigger;
-  fill(cells[3], timeEl(tick.started_at || tick.scheduled_at));
-  cells[4].textContent = ms(tick.lateness_ms);
-  cells[5].textContent = ms(tick.duration_ms);
-  cells[6].textContent = tick.reason || "";
-}
-
-// -- server-rendered parts: re-read this page (escaped by the server) and swap one part in --
-
-let reloading = false;
-
-async function refreshPart(selector) {
-  if (reloading) return;
-  reloading = true;
-  try {
-    const r = await fetch(window.location.pathname, {headers: {"Accept": "text/html"}});
-    if (!r.ok) return;
-    const doc = new DOMParser().parseFromString(await r.text(), "text/html");
-    const fresh = doc.querySelector(selector);
-    const old = document.querySelector(selector);
-    if (fresh && old) old.replaceWith(document.adoptNode(fresh));
-  } finally {
-    reloading = false;
-  }
-}
-
-// The Tick page: everything below the live indicator is the tick.
-function refreshTick() {
-  return refreshPart("#tick");
-}
-
-// -- the event stream -----------------------------------------------------------------------
+// -- the event stream --------------------------------------------------------------------------
 
 function onEvent(kind, data) {
-  const page = body.dataset.page;
-  const stackId = data.stack_id !== undefined ? data.stack_id : data.id;
+  // stack.updated carries the stack (its id is `id`); the others carry `stack_id`.
+  const stackId = kind === "stack.updated" ? data.id : data.stack_id;
+  const ticking = kind.startsWith("tick.");
   if (page === "stacks") {
-    if (kind === "stack.updated" && data.deleted) {
-      const row = document.querySelector(`#stacks tr[data-stack-id="${data.id}"]`);
-      if (row) row.remove();
-    } else if (stackId) {
-      refreshStack(stackId);
-    }
+    if (stackId) refresh.stackRow(stackId);
+    if (kind === "stack.updated") refresh.toolbar();
   } else if (page === "stack" && stackId === Number(body.dataset.stackId)) {
-    if (kind === "stack.updated") refreshStack(stackId);
-    else if (kind.startsWith("tick.")) {
-      renderTickRow(data);
-      refreshStack(stackId);
-      if (kind === "tick.finished") refreshPart("#stack-extras");
-    }
+    if (kind === "stack.updated" || ticking) refresh.head(stackId);
+    if (ticking) refresh.tickRow(data.id);
+    if (kind === "tick.finished" || kind === "step.finished") refresh.extras(stackId);
   } else if (page === "tick") {
-    const tickId = kind.startsWith("tick.") ? data.id : data.tick_id;
-    if (tickId === Number(body.dataset.tickId) && kind !== "tick.queued") refreshTick();
+    const tickId = ticking ? data.id : data.tick_id;
+    if (tickId === Number(body.dataset.tickId) && kind !== "tick.queued") {
+      refresh.tick(tickId);
+    }
   } else if (page === "system" && kind === "tick.finished") {
-    refreshSystem();
+    refresh.system();
   }
-}
-
-// The System page: its figures change with every tick; refresh at most once a second.
-let systemPending = false;
-function refreshSystem() {
-  if (systemPending) return;
-  systemPending = true;
-  setTimeout(() => { systemPending = false; refreshPart("#system"); }, 1000);
 }
 
 function connect() {
@@ -293,16 +311,6 @@ function connect() {
   }
 }
 
-// The "next tick" cells move on with the clock.
-setInterval(() => {
-  for (const holder of document.querySelectorAll("[data-interval]")) {
-    const cell = holder.querySelector(".next");
-    if (!cell) continue;
-    const state = holder.dataset.state
-      || (holder.querySelector(".badge") || {}).textContent;
-    fill(cell, timeEl(nextTick({execution_state: state,
-                                interval_s: Number(holder.dataset.interval)})));
-  }
-}, 1000);
-
+enhance(document.body);
+setInterval(advanceNextTicks, 1000);
 if (document.getElementById("live")) connect();
