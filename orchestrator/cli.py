@@ -44,6 +44,12 @@ LIBRARY_LOGGERS = ("alembic", "apscheduler", "httpx", "httpcore", "openai", "gro
 
 Host = Annotated[str, typer.Option("--host", help="Address to listen on.")]
 Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")]
+MetricsPort = Annotated[int | None, typer.Option(
+    "--metrics-port", min=0, max=65535,
+    help="Serve this process's Prometheus /metrics on this port (0: any free one), from a "
+         "thread of its own; off unless given.")]
+MetricsHost = Annotated[str, typer.Option(
+    "--metrics-host", help="Address /metrics listens on (with --metrics-port).")]
 Interval = Annotated[int | None, typer.Option(
     "--interval", min=1, max=86_400,
     help="The beat, whole seconds (default: TICKWORK_TICK_INTERVAL, else 10). It is recorded "
@@ -57,9 +63,13 @@ def up(host: Host = "127.0.0.1", port: Port = 8000, interval: Interval = None) -
 
 
 @app.command()
-def beat(interval: Interval = None) -> None:
-    """The beat alone: fans out one tick per due stack every interval."""
-    cli_serve.serve(cli_serve.BEAT, load_settings(tick_interval=interval))
+def beat(interval: Interval = None, metrics_port: MetricsPort = None,
+         metrics_host: MetricsHost = "127.0.0.1") -> None:
+    """The beat alone: fans out one tick per due stack every interval. With --metrics-port,
+    its /metrics: whether it leads, its last slot, and the ticks, skips and stacks the
+    database counts."""
+    cli_serve.serve(cli_serve.BEAT, load_settings(tick_interval=interval),
+                    metrics=cli_serve.metrics_address(metrics_host, metrics_port))
 
 
 @app.command()
@@ -67,9 +77,14 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(
         "--concurrency", "-c", min=1, max=100_000,
         help="Most ticks run at once (overrides TICKWORK_MAX_CONCURRENT_TICKS).")] = None,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
-    """A worker alone: claims queued ticks and runs them (with the reaper)."""
-    cli_serve.serve(cli_serve.WORKER, load_settings(max_concurrent_ticks=concurrency))
+    """A worker alone: claims queued ticks and runs them (with the reaper). With
+    --metrics-port, its /metrics: its ticks' duration and lateness, its LLM requests,
+    fallbacks and breakers, its running ticks."""
+    cli_serve.serve(cli_serve.WORKER, load_settings(max_concurrent_ticks=concurrency),
+                    metrics=cli_serve.metrics_address(metrics_host, metrics_port))
 
 
 @app.command()

@@ -3,7 +3,8 @@
 Each builds one Runtime and runs the parts its role names in one asyncio loop; the HTTP roles
 serve the dashboard app with uvicorn in that same loop. SIGINT and SIGTERM stop the process
 cleanly: the HTTP server closes, running ticks get a grace period, the database is closed, and
-the exit code is 0.
+the exit code is 0. `beat` and `worker` may serve their own /metrics (`--metrics-port`) from a
+thread (`orchestrator.metrics_http`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from agents.registry import AgentRegistry
 from orchestrator.cli_common import console, database_message, fail, mask_url, open_database
 from orchestrator.config import Settings
+from orchestrator.metrics import exposition
+from orchestrator.metrics_http import MetricsServer
 from orchestrator.runtime import Runtime
 from schema.db import normalise_url
 
@@ -83,6 +86,24 @@ def bind(host: str, port: int) -> socket.socket:
                  "choose another with --port")
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     return sock
+
+
+def metrics_address(host: str, port: int | None) -> tuple[str, int] | None:
+    """Where `--metrics-port`/`--metrics-host` ask /metrics to be served (None: nowhere)."""
+    return None if port is None else (host, port)
+
+
+def bind_metrics(host: str, port: int) -> MetricsServer:
+    """Listen for /metrics up front, like `bind`: a port in use is one line, not a trace."""
+    try:
+        return MetricsServer(host, port)
+    except socket.gaierror as exc:
+        fail(f"cannot resolve the metrics host {host!r}: {exc.strerror}")
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"port {port} on {host} is already in use (another tickwork?); "
+                 "choose another with --metrics-port")
+        fail(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}")
 
 
 # -- signals ------------------------------------------------------------------------------
@@ -159,7 +180,7 @@ def _app(rt: Runtime) -> FastAPI:
     return create_app(rt)
 
 
-def banner(role: Role, rt: Runtime, url: str | None) -> None:
+def banner(role: Role, rt: Runtime, url: str | None, metrics_url: str | None = None) -> None:
     lines: list[tuple[str, Text | str]] = []
     if url:
         lines.append(("dashboard", Text(url, style="bold cyan")))
@@ -178,6 +199,8 @@ def banner(role: Role, rt: Runtime, url: str | None) -> None:
         style = "yellow" if rt.llm.simulated else ""
         lines.append(("LLM chain", Text(rt.llm_label, style=style)))
         lines.extend(("", Text(note, style="dim")) for note in rt.llm_notes)
+    if metrics_url:
+        lines.append(("metrics", Text(metrics_url, style="cyan")))
     console.print(Text.assemble(("tickwork " + role.name, "bold"), f"  {role.summary}"),
                   soft_wrap=True)
     for label, value in lines:
@@ -185,7 +208,7 @@ def banner(role: Role, rt: Runtime, url: str | None) -> None:
     console.print(Text("  press Ctrl-C to stop", style="dim"), soft_wrap=True)
 
 
-def _log_start(role: Role, rt: Runtime, url: str | None) -> None:
+def _log_start(role: Role, rt: Runtime, url: str | None, metrics_url: str | None) -> None:
     parts = [f"tickwork {role.name} started"]
     if url:
         parts.append(f"serving {url}")
@@ -198,6 +221,8 @@ def _log_start(role: Role, rt: Runtime, url: str | None) -> None:
         if rt.llm.simulated:
             chain += " (the built-in simulated model: no real provider is called)"
         parts.append(f"LLM chain {chain}")
+    if metrics_url:
+        parts.append(f"metrics on {metrics_url}")
     log.info("; ".join(parts))
 
 
@@ -232,20 +257,32 @@ async def _run(role: Role, rt: Runtime, app: Any, sock: socket.socket | None) ->
             log.info("tickwork %s stopped", role.name)
 
 
-def serve(role: Role, settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run `role` until SIGINT or SIGTERM."""
+def serve(role: Role, settings: Settings, host: str = "127.0.0.1", port: int = 8000,
+          metrics: tuple[str, int] | None = None) -> None:
+    """Run `role` until SIGINT or SIGTERM; with `metrics` (host, port), serve its /metrics
+    there too: the database's counts on a beat, the worker's own figures on a worker."""
     require_token(settings)
     sock = bind(host, port) if role.http else None
+    scrapes: MetricsServer | None = None
     try:
+        scrapes = bind_metrics(*metrics) if metrics is not None else None
         rt = _runtime(role, settings)
         try:
             app = _app(rt) if role.http else None
             url = url_for(host, sock.getsockname()[1]) if sock is not None else None
-            banner(role, rt, url)
-            _log_start(role, rt, url)
+            metrics_url = None
+            if scrapes is not None and metrics is not None:
+                scrapes.start(exposition(rt, database=role.beat, worker=role.worker))
+                metrics_url = url_for(metrics[0], scrapes.port) + "metrics"
+            banner(role, rt, url, metrics_url)
+            _log_start(role, rt, url, metrics_url)
             run_loop(_run(role, rt, app, sock), settings.event_loop)
         finally:
+            if scrapes is not None:
+                scrapes.close()  # before the database closes under a scrape
             rt.close()
     finally:
+        if scrapes is not None:
+            scrapes.close()
         if sock is not None:
             sock.close()

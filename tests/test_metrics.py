@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.llm.base import Attempt, LLMRequest, LLMResponse, ServerError
 from agents.llm.fallback import FallbackLLM
 from agents.llm.latency import Latency
 from agents.llm.sim import SimulatedLLM
 from dashboard.api import create_app
-from dashboard.metrics import DbCounts, Process, render
+from dashboard.metrics import EventStreamClients
+from orchestrator.metrics import BreakerRow, DatabaseCounts, DbCounts, InfoFigure, WorkerFigures
 from orchestrator.runtime import Runtime
 from orchestrator.stats import Stats, percentile
 from orchestrator.store.queue import REASON_PREV_QUEUED
@@ -39,18 +41,13 @@ FAMILIES = {
     "tickwork_event_stream_clients": "gauge", "tickwork_info": "gauge",
 }
 
-# -- a small parser for the text format (version 0.0.4) --------------------------------------
-
-NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-SAMPLE = re.compile(rf"^({NAME})(?:\{{(.*)\}})? (\S+)$")
-LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
-UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+# -- reading it back with prometheus-client's own parser ----------------------------------------
 
 
 @dataclass
 class Family:
-    kind: str = "untyped"
-    help: str = ""
+    kind: str
+    help: str
     samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
 
     def value(self, suffix: str = "", **labels: str) -> float:
@@ -59,40 +56,20 @@ class Family:
         return found[0]
 
 
-def _labels(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    pos = 0
-    while pos < len(text):
-        m = LABEL.match(text, pos)
-        assert m is not None, f"bad labels: {text!r}"
-        out[m[1]] = re.sub(r'\\[\\"n]', lambda e: UNESCAPE[e[0]], m[2])
-        pos = m.end()
-    return out
-
-
 def parse(text: str) -> dict[str, Family]:
-    """Every line must be a HELP, a TYPE or a sample of a declared family."""
+    """The families by the name they are exposed under (a counter's ends in `_total`, as its
+    samples' names do). Every sample must belong to a declared family (the parser makes an
+    undeclared one `untyped`), and no `_created` series is published."""
     assert text.endswith("\n")
     families: dict[str, Family] = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            _, what, name, rest = line.split(" ", 3)
-            fam = families.setdefault(name, Family())
-            if what == "TYPE":
-                assert rest in ("counter", "gauge", "histogram", "summary", "untyped"), line
-                assert not fam.samples, f"TYPE after samples: {line}"
-                fam.kind = rest
-            else:
-                fam.help = rest
-            continue
-        m = SAMPLE.match(line)
-        assert m is not None, f"not a sample line: {line!r}"
-        name, labels, value = m[1], _labels(m[2] or ""), float(m[3])
-        base = next((b for b in (name, re.sub(r"_(bucket|sum|count)$", "", name))
-                     if b in families), None)
-        assert base is not None, f"sample of an undeclared family: {line}"
-        families[base].samples.append((name, labels, value))
+    for metric in text_string_to_metric_families(text):
+        name = metric.name + "_total" if metric.type == "counter" else metric.name
+        assert metric.type in ("counter", "gauge", "histogram"), (name, metric.type)
+        assert name not in families, f"{name} declared twice"
+        families[name] = Family(metric.type, metric.documentation,
+                                [(s.name, dict(s.labels), s.value) for s in metric.samples])
     for name, fam in families.items():
+        assert not any(n.endswith("_created") for n, _, _ in fam.samples), name
         if fam.kind == "histogram":
             buckets = [(ls["le"], v) for n, ls, v in fam.samples if n.endswith("_bucket")]
             counts = [v for _, v in buckets]
@@ -102,10 +79,15 @@ def parse(text: str) -> dict[str, Family]:
     return families
 
 
+# What Prometheus sends: OpenMetrics first. The answer stays the text format 0.0.4.
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
 async def scrape(rt: Runtime) -> dict[str, Family]:
     transport = httpx.ASGITransport(app=create_app(rt))
     async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as client:
-        r = await client.get("/metrics")
+        r = await client.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     return parse(r.text)
@@ -200,19 +182,42 @@ def test_fallbacks_count_steps_served_by_a_later_provider(db_url: str, clock: Fa
 
 
 def test_label_values_are_escaped() -> None:
-    stats = Stats()
     hostile = 'a "quoted"\\ reason\nwith a newline'
-    text = render(DbCounts({"skipped": 3}, {hostile: 3}, {}),
-                  Process(stats=stats.snapshot(0.0), worker_running=0, concurrency=5,
-                          event_clients=2, llm='sim "x"', simulated=True, version="1.0",
-                          breakers=[("groq", "m", "open", 5)]))
-    m = parse(text)
+    families = CollectorRegistry()
+    families.register(DatabaseCounts(lambda: DbCounts({"skipped": 3}, {hostile: 3}, {})))
+    families.register(WorkerFigures(lambda: 0, 5, lambda: [BreakerRow("groq", "m", "open", 5)]))
+    families.register(EventStreamClients(lambda: 2))
+    families.register(InfoFigure("1.0", 'sim "x"', simulated=True))
+    m = parse(generate_latest(families).decode())
     assert m["tickwork_ticks_skipped_total"].value(reason=hostile) == 3
     assert m["tickwork_info"].value(version="1.0", llm='sim "x"', simulated="true") == 1
     assert m["tickwork_llm_breaker_state"].value(provider="groq", model="m", state="open") == 1
     assert m["tickwork_llm_breaker_state"].value(provider="groq", model="m",
                                                  state="closed") == 0
+    assert m["tickwork_llm_breaker_failures"].value(provider="groq", model="m") == 5
     assert m["tickwork_event_stream_clients"].value() == 2
+    assert m["tickwork_worker_concurrency_limit"].value() == 5
+
+
+def test_each_stats_has_its_own_registry() -> None:
+    """No global registry: two processes' worth of Stats in one test count apart."""
+    one, two = Stats(), Stats()
+    attempt = Attempt(provider="sim", model="simulated", status="ok", latency_ms=1.0,
+                      started_at=0.0)
+    one.step_finished([attempt])
+    one.tick_finished(1.5, at=0.0)
+    a, b = parse(generate_latest(one.registry).decode()), parse(
+        generate_latest(two.registry).decode())
+    assert a["tickwork_llm_requests_total"].value(provider="sim", outcome="ok") == 1
+    assert a["tickwork_llm_requests_total"].value(provider="sim", outcome="timeout") == 0
+    assert b["tickwork_llm_requests_total"].samples == []
+    assert a["tickwork_tick_duration_seconds"].value("_bucket", le="2.5") == 1
+    assert a["tickwork_tick_duration_seconds"].value("_bucket", le="1.0") == 0
+    assert b["tickwork_tick_duration_seconds"].value("_count") == 0
+    snap = one.snapshot(0.0)  # the System page's figures come from the same instruments
+    assert snap.duration_count == 1 and snap.duration_sum == 1.5
+    assert dict(snap.duration)[2.5] == 1 and dict(snap.duration)[math.inf] == 1
+    assert snap.llm_requests == {("sim", "ok"): 1}
 
 
 @pytest.mark.parametrize(("values", "p50", "p99"), [
