@@ -283,6 +283,6 @@ def serve(role: Role, settings: Settings, host: str = "127.0.0.1", port: int = 8
             rt.close()
     finally:
         if scrapes is not None:
-            scrapes.close()
+            scrapes.close()  # the runtime could not be built (closing twice is harmless)
         if sock is not None:
             sock.close()

@@ -55,7 +55,7 @@ def text_format_app(registry: Collector) -> Callable[[dict[str, Any], StartRespo
 
 class MetricsServer:
     """Listens on (`host`, `port`) from construction (OSError when it cannot); `start`
-    serves `registry` from a daemon thread; `close` stops it."""
+    serves `registry` from a daemon thread; `close` stops it (once or more)."""
 
     def __init__(self, host: str, port: int) -> None:
         family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
