@@ -8,7 +8,9 @@ one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 
@@ -194,3 +196,27 @@ def test_the_tick_page_follows_a_running_tick(browser: Browser, slow_server: Liv
         assert page.evaluate("window.notReloaded") is True
     finally:
         context.close()
+
+
+def test_the_system_page_shows_slots_as_times(page: Page) -> None:
+    page.goto("/system")
+    live(page)
+    fired = page.locator("#beat td.slot time").first
+    expect(fired).to_be_visible()
+    slot = int((page.locator("#beat td.slot").first.get_attribute("title") or "").split()[-1])
+    when = fired.get_attribute("datetime") or ""
+    assert datetime.fromisoformat(when).timestamp() == slot * 1  # a 1 s beat: slot × 1 s
+    expect(fired).to_have_text(re.compile(r"^\d\d:\d\d:\d\d \S+$"))  # a time, its zone named
+    expect(page.locator("#beat")).not_to_contain_text(str(slot))
+    expect(page.locator("#beat .last-slot time")).to_be_visible()
+
+
+def test_the_pages_have_an_svg_favicon(page: Page) -> None:
+    page.goto("/")
+    icon = page.locator('link[rel="icon"]')
+    expect(icon).to_have_attribute("type", "image/svg+xml")
+    answer = page.request.get(icon.get_attribute("href") or "")
+    assert answer.ok and answer.headers["content-type"].startswith("image/svg+xml")
+    assert page.evaluate(
+        "href => fetch(href).then(r => r.text()).then(t => t.startsWith('<svg'))",
+        icon.get_attribute("href"))
