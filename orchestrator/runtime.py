@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,6 +34,7 @@ from orchestrator.retention import Retention
 from orchestrator.runner import TickRunner
 from orchestrator.stats import Stats
 from orchestrator.store import Store, open_store
+from orchestrator.telemetry import NoopTracing, Tracing, open_tracing
 from orchestrator.worker import Worker, WorkerConfig
 from schema.clock import Clock, SystemClock
 from schema.db import Database
@@ -87,6 +89,7 @@ class Runtime:
     membership: Membership
     admin_token: str
     stats: Stats = field(default_factory=Stats)
+    tracing: Tracing = field(default_factory=NoopTracing)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _scheduler: BeatScheduler | None = None
     _redis: Any = None
@@ -94,9 +97,12 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, *, migrate: bool = True,
               llm: LLM | None = None, registry: AgentRegistry | None = None,
-              env: Mapping[str, str] | None = None) -> Runtime:
+              env: Mapping[str, str] | None = None, tracing: Tracing | None = None
+              ) -> Runtime:
         """`llm` replaces the chain (tests); `env` replaces the providers' variables, which
-        are otherwise read from the environment and `.env`."""
+        are otherwise read from the environment and `.env`, and the OpenTelemetry ones, which
+        are otherwise read from the environment (`OTEL_EXPORTER_OTLP_ENDPOINT`: every tick is
+        traced). `tracing` replaces what those would build (tests)."""
         clock = clock or SystemClock()
         db = Database(settings.database_url, group_commit_ms=settings.group_commit_ms)
         if migrate:
@@ -113,7 +119,9 @@ class Runtime:
             chain = build_llm(settings, clock, env, workers=lambda: membership.workers)
             llm = chain.llm
         stats = Stats()
-        runner = TickRunner(store, registry, llm, clock, settings.lease_s, stats)
+        if tracing is None:
+            tracing = open_tracing(os.environ if env is None else env)
+        runner = TickRunner(store, registry, llm, clock, settings.lease_s, stats, tracing)
         worker = Worker(store, runner, bus, clock, WorkerConfig(
             max_concurrent=settings.max_concurrent_ticks, lease_s=settings.lease_s,
             tick_timeout_s=settings.tick_timeout_s, poll_s=settings.poll_s,
@@ -126,7 +134,7 @@ class Runtime:
         token = (settings.admin_token.get_secret_value() if settings.admin_token
                  else secrets.token_urlsafe(24))
         return cls(settings, clock, db, store, bus, registry, llm, chain, runner, worker,
-                   reaper, retention, beat, membership, token, stats)
+                   reaper, retention, beat, membership, token, stats, tracing)
 
     @property
     def process_id(self) -> str:
@@ -172,6 +180,8 @@ class Runtime:
             info.update(concurrency=self.settings.max_concurrent_ticks, llm=self.llm_label)
         m = self.membership
         m.role = role or self.role_of(beat, worker)
+        if worker:
+            self.tracing.start(m.role, self.process_id)
         m.agents = self.registry.names() if worker else None
         m.info = info
         m.counts = lambda: (self.worker.running, self.worker.finished)
@@ -237,6 +247,9 @@ class Runtime:
         await self.bus.close()
         if self.chain is not None:
             await self.chain.aclose()
+        # The last spans go out on the exporter's thread; the loop does not wait on it.
+        await asyncio.to_thread(self.tracing.close)
 
     def close(self) -> None:
+        self.tracing.close()
         self.store.close()

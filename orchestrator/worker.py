@@ -11,6 +11,10 @@ whose lease another worker now holds is stopped at once; one whose lease ran out
 heartbeats failed (the database was away) stops before its next LLM call, so nothing is spent
 on a tick the reaper may already have handed on. A database that stays away past the retries
 leaves the tick to the reaper: it is retried, never failed for that.
+
+Each attempt is traced from here (`TickRunner.trace`): the trace begins when the worker takes
+the tick up and ends however the attempt ends — finalised, timed out, its lease lost, handed
+back on a drain, or crashed.
 """
 
 from __future__ import annotations
@@ -150,29 +154,37 @@ class Worker:
 
     async def _run(self, tick: Claimed, state: Journal | None, lease: Lease) -> None:
         started = self._clock.monotonic()
+        trace = self._runner.trace(tick)
         try:
             early = tick.scheduled_at - self._clock.now()
             if early > 0:  # scheduled at its phase after the slot (TICKWORK_SPREAD_S)
                 await self._clock.sleep(early)
             await self._pacer.turn()
             await within(self._clock, self._cfg.tick_timeout_s,
-                         self._runner.run(tick, state, lease))
+                         self._runner.run(tick, state, lease, trace))
         except TimeoutError:
-            await self._settle(tick, "timed_out", f"ran past its {self._cfg.tick_timeout_s:g} s "
-                               "timeout")
+            reason = f"ran past its {self._cfg.tick_timeout_s:g} s timeout"
+            trace.outcome("timed_out", reason)
+            await self._settle(tick, "timed_out", reason)
         except LeaseLost as exc:
+            trace.outcome("lease_lost", str(exc))
             log.warning("%s", exc)
             return
         except asyncio.CancelledError:
+            # Stopped: handed back to the queue on a drain, or another attempt owns it now.
+            trace.outcome("released" if self._stopping else "lease_lost")
             raise
         except SQLAlchemyError as exc:  # still failing after the retries: the reaper retries it
+            trace.outcome("error", f"the database is unavailable ({exc.__class__.__name__})")
             log.warning("tick %s stopped: the database is unavailable (%s); it is retried once "
                         "its lease expires", tick.id, exc.__class__.__name__)
             return
         except Exception as exc:  # a runner bug fails this tick only
             log.exception("tick %s crashed", tick.id)
+            trace.outcome("failed", f"runner error: {exc!r}")
             await self._settle(tick, "failed", f"runner error: {exc!r}")
         finally:
+            trace.end(self._clock.now())
             self._running.pop((tick.id, tick.attempt), None)
             self.finished += 1
             self._capacity_freed.set()

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal, overload
+from typing import Annotated, Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
 
 ExecutionState = Literal["running", "paused", "completed", "failed"]
 TickStatus = Literal[
@@ -35,6 +42,17 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 USD_MAX = 1e9  # a daily budget in US dollars
 AGENT_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,99}$")
+# The API's document states the rules the validators below enforce (their messages are ours).
+AgentName = Annotated[str, WithJsonSchema({"type": "string", "pattern": AGENT_NAME.pattern})]
+NO_CONTROL = r"^[^\u0000-\u001f\u007f]*$"
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer as JSON Schema has it: 20 or 20.0, never "20" or true.
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
 
 
 @overload
@@ -57,12 +75,12 @@ class _In(BaseModel):
 
 
 class StackCreate(_In):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, json_schema_extra={"pattern": NO_CONTROL})
     goal: str = Field(default="", max_length=4000)
-    interval_s: int | None = Field(default=None, ge=1, le=86_400)
-    team: list[str] | None = Field(default=None, min_length=1, max_length=20)
+    interval_s: WholeNumber | None = Field(default=None, ge=1, le=86_400)
+    team: list[AgentName] | None = Field(default=None, min_length=1, max_length=20)
     paused: bool = False
-    budget_tokens_per_day: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    budget_tokens_per_day: WholeNumber | None = Field(default=None, ge=1, le=INT32_MAX)
     budget_usd_per_day: float | None = Field(default=None, gt=0, le=USD_MAX)
 
     @field_validator("name")
@@ -82,7 +100,7 @@ def check_agent_names(team: list[str] | None) -> list[str] | None:
     if team is None:
         return team
     for name in team:
-        if not AGENT_NAME.match(name):
+        if not AGENT_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not an agent name (lowercase letters, digits, _ -)")
     return team
 
@@ -90,7 +108,7 @@ def check_agent_names(team: list[str] | None) -> list[str] | None:
 class TeamUpdate(_In):
     """A stack's agents, in order; null gives it the default team back."""
 
-    team: list[str] | None = Field(min_length=1, max_length=20)
+    team: list[AgentName] | None = Field(min_length=1, max_length=20)
 
     @field_validator("team")
     @classmethod
@@ -101,7 +119,7 @@ class TeamUpdate(_In):
 class BudgetUpdate(_In):
     """A stack's daily budget; null removes that limit."""
 
-    tokens_per_day: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    tokens_per_day: WholeNumber | None = Field(default=None, ge=1, le=INT32_MAX)
     usd_per_day: float | None = Field(default=None, gt=0, le=USD_MAX)
 
 
@@ -130,6 +148,9 @@ class TickSummary(_Out):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    # The OpenTelemetry trace id (hex) of the tick's latest traced attempt; null when none was
+    # traced (no OTEL_EXPORTER_OTLP_ENDPOINT) or none has journaled a step yet.
+    trace_id: str | None = None
 
 
 class AttemptOut(_Out):

@@ -44,7 +44,7 @@ def tick_summary(row: Row) -> TickSummary:
         lateness_ms=_ms(row["started_at"], row["scheduled_at"]),
         duration_ms=_ms(row["finished_at"], row["started_at"]),
         input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
-        cost_usd=round(row["cost_usd"], 8),
+        cost_usd=round(row["cost_usd"], 8), trace_id=row.get("trace_id"),
     )
 
 
@@ -67,6 +67,7 @@ def tick_json(row: Row) -> dict[str, Any]:
         "finished_at": _iso(finished), "lateness_ms": _ms(started, scheduled),
         "duration_ms": _ms(finished, started), "input_tokens": row["input_tokens"],
         "output_tokens": row["output_tokens"], "cost_usd": round(row["cost_usd"], 8),
+        "trace_id": row.get("trace_id"),
     }
 
 

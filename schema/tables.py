@@ -84,6 +84,10 @@ ticks = Table(
     Column("input_tokens", Integer, nullable=False, server_default="0"),
     Column("output_tokens", Integer, nullable=False, server_default="0"),
     Column("cost_usd", Float, nullable=False, server_default="0"),
+    # The OpenTelemetry trace of the latest attempt that journaled a step while traced (hex
+    # trace id and root span id): a retried attempt's trace links to it. NULL: not traced.
+    Column("trace_id", String(32), nullable=True),
+    Column("trace_span_id", String(16), nullable=True),
     # Invariant 1: at most one tick per (stack, slot).
     UniqueConstraint("stack_id", "slot", name="uq_ticks_stack_slot"),
     # Invariant 2, and more: at most one queued-or-running tick per stack.

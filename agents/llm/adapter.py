@@ -73,6 +73,17 @@ def error_for_status(status: int, message: str, headers: Mapping[str, str],
     return BadRequest(text)
 
 
+def _described(completion: dict[str, Any], choices: list[Any]
+               ) -> tuple[str | None, str | None, tuple[str, ...] | None]:
+    """What a completion says of itself: its id, the model that answered, and why each
+    choice stopped (None for what it leaves out or gives in another type)."""
+    rid, model = completion.get("id"), completion.get("model")
+    reasons = tuple(r for c in choices if isinstance(c, dict)
+                    and isinstance(r := c.get("finish_reason"), str))
+    return (rid if isinstance(rid, str) else None, model if isinstance(model, str) else None,
+            reasons or None)
+
+
 class ChatAdapter(ABC):
     """One model of one OpenAI-compatible provider, called through its SDK client."""
 
@@ -144,10 +155,12 @@ class ChatAdapter(ABC):
         await self._publish(headers)
         try:
             completion = orjson.loads(body)
-            text = completion["choices"][0]["message"]["content"] or ""
+            choices = completion["choices"]
+            text = choices[0]["message"]["content"] or ""
             usage = completion.get("usage") or {}
             if not isinstance(text, str) or not isinstance(usage, dict):
                 raise TypeError("content or usage of the wrong type")
+            described = _described(completion, choices)
         except (orjson.JSONDecodeError, AttributeError, IndexError, KeyError,
                 TypeError) as exc:
             error = ServerError(short(f"malformed completion from {self.label}: {exc!r}"))
@@ -159,7 +172,8 @@ class ChatAdapter(ABC):
             provider=self.provider_name, model=self._model, status="ok",
             latency_ms=(self._clock.monotonic() - started) * 1000, started_at=started_at,
             input_tokens=input_tokens, output_tokens=output_tokens,
-            cost_usd=self._prices.cost(self._model, input_tokens, output_tokens))
+            cost_usd=self._prices.cost(self._model, input_tokens, output_tokens),
+            response_id=described[0], response_model=described[1], finish_reasons=described[2])
         return LLMResponse(text=text, provider=self.provider_name, model=self._model,
                            attempts=[attempt])
 

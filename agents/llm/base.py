@@ -35,6 +35,11 @@ class Attempt:
     cost_usd: float = 0.0
     error: str | None = None
     retry_after_s: float | None = None
+    # What the provider said of its answer (traces show them; the journal does not keep them):
+    # its completion's id, the model that answered, why each choice stopped.
+    response_id: str | None = None
+    response_model: str | None = None
+    finish_reasons: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)

@@ -2,7 +2,8 @@
 
 Each answer is seeded by the request's seed ("stack:slot:agent") and how many times that seed
 has been asked, so a run is reproducible and a repair prompt gets a fresh draw. Latency follows
-the configured distribution on the injected Clock.
+the configured distribution on the injected Clock. Its response ids ("simulated-…") and model
+("simulated") are synthetic and say so.
 """
 
 from __future__ import annotations
@@ -53,5 +54,9 @@ class SimulatedLLM:
             started_at=started_at,
             input_tokens=count_tokens(prompt_text),
             output_tokens=count_tokens(text),
+            # Synthetic, and saying so: no provider made up this id.
+            response_id=f"simulated-{rng.getrandbits(64):016x}",
+            response_model=MODEL,
+            finish_reasons=("stop",),
         )
         return LLMResponse(text=text, provider=PROVIDER, model=MODEL, attempts=[attempt])

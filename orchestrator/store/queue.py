@@ -153,13 +153,16 @@ _CLAIM = Prepared(_claim)
 
 def claim(conn: Connection, worker_id: str, limit: int, now: float, lease_s: float
           ) -> list[Claimed]:
-    """Claim up to `limit` queued ticks of running stacks, oldest slot first, under a lease."""
+    """Claim up to `limit` queued ticks of running stacks, oldest slot first, under a lease.
+    Each comes with the trace its row records (an earlier attempt's), for the next to link."""
     if limit <= 0:
         return []
     rows = _CLAIM.dicts(conn, {"lim": limit, "worker": worker_id, "lease_s": lease_s,
                                "now": now})
     emit_many(conn, now, [(TICK_STARTED, r["stack_id"], r["id"], tick_json(r)) for r in rows])
-    return [Claimed(r["id"], r["stack_id"], r["slot"], r["attempt"], r["scheduled_at"])
+    return [Claimed(r["id"], r["stack_id"], r["slot"], r["attempt"], r["scheduled_at"],
+                    r["trigger"], r["cost_usd"],
+                    (r["trace_id"], r["trace_span_id"]) if r["trace_id"] else None)
             for r in rows]
 
 

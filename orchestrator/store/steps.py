@@ -79,13 +79,14 @@ _DONE = Prepared(lambda d: select(t.steps.c.tick_id, t.steps.c.index, t.steps.c.
 
 HOLD = (("id", BigInteger()), ("attempt", Integer()), ("tin", BigInteger()),
         ("tout", BigInteger()), ("cost", Float()), ("status", String()), ("reason", Text()),
-        ("fin", Float()))
+        ("fin", Float()), ("trace", String()), ("span", String()))
 
 
 def _hold(d: Dialect) -> Any:
     """The fencing check of every write at once: a tick still running under the write's
     attempt gets its lease extended and the step's spend added, and ends when the write is
-    its last step. Returns the ticks that held."""
+    its last step. A traced attempt's trace (trace id, root span id) is recorded on the way,
+    for a later attempt to link to. Returns the ticks that held."""
     v, k = d.rows("h", HOLD), t.ticks.c
     ending = v.c.status.is_not(None)
     return (update(t.ticks)
@@ -95,6 +96,8 @@ def _hold(d: Dialect) -> Any:
                     status=func.coalesce(v.c.status, k.status),
                     reason=case((ending, v.c.reason), else_=k.reason),
                     finished_at=func.coalesce(v.c.fin, k.finished_at),
+                    trace_id=func.coalesce(v.c.trace, k.trace_id),
+                    trace_span_id=func.coalesce(v.c.span, k.trace_span_id),
                     lease_expires_at=case(
                         (ending, None),
                         else_=d.lease_now() + bindparam("lease_s", type_=Float)))
@@ -213,8 +216,9 @@ def hold(writes: Sequence[StepWrite], spends: Sequence[Spend], conn: Connection
 
 def _hold_row(w: StepWrite, spend: Spend) -> tuple[Any, ...]:
     status, reason = w.final if w.final is not None else (None, None)
+    trace, span = w.tick.trace if w.tick.trace is not None else (None, None)
     return (w.tick.id, w.tick.attempt, spend.input_tokens, spend.output_tokens,
-            spend.cost_usd, status, reason, w.now if w.final is not None else None)
+            spend.cost_usd, status, reason, w.now if w.final is not None else None, trace, span)
 
 
 _HOLD = Prepared(_hold)
