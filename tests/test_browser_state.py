@@ -268,3 +268,26 @@ def test_every_page_works_under_a_strict_content_security_policy(
         row.locator('button[data-action="pause"]').click()
         expect(row.locator("td.why")).to_have_text("strictly")
         assert refused == []
+
+
+def _trace(conn: Connection, tick_id: int, trace_id: str, now: float) -> None:
+    conn.execute(update(t.ticks).where(t.ticks.c.id == tick_id).values(trace_id=trace_id))
+
+
+def test_the_tick_page_shows_its_trace_id_to_copy(browser: Browser, server: LiveServer) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with server.api() as api:
+        stack = api.post("/api/stacks", json={"name": "traced", "paused": True}).json()
+        tick = api.post(f"/api/stacks/{stack['id']}/play").json()["last_tick"]
+    with context(browser, server) as ctx:
+        ctx.grant_permissions(["clipboard-read", "clipboard-write"])
+        page = ctx.new_page()
+        page.goto(f"/ticks/{tick['id']}")
+        expect(page.locator("#tick h1 .badge")).to_have_text("succeeded")
+        expect(page.locator("#tick .trace")).to_have_count(0)  # not traced
+        write_directly(server, _trace, tick["id"], trace)
+        page.reload()
+        expect(page.locator("#tick .trace code")).to_have_text(trace)
+        page.locator("#tick .trace button").click()
+        expect(page.locator("#flash")).to_have_text(f"copied {trace}")
+        assert page.evaluate("navigator.clipboard.readText()") == trace
