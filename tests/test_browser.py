@@ -190,7 +190,10 @@ def test_the_tick_page_follows_a_running_tick(browser: Browser, slow_server: Liv
         assert page.locator("body").get_attribute("data-status") in ("queued", "running")
         live(page)
         page.evaluate("window.notReloaded = true")
+        # The first step's prompt, opened while the tick runs, stays open as the page follows.
+        page.locator("#prompt-0 summary").click()
         expect(page.locator("#tick h1 .badge")).to_have_text("succeeded")
+        expect(page.locator("#prompt-0")).to_have_attribute("open", "")
         expect(page.locator("section.step")).to_have_count(4)
         expect(page.locator("section.step .badge.succeeded")).to_have_count(4)
         assert page.evaluate("window.notReloaded") is True

@@ -68,18 +68,31 @@ async function fetchPart(url) {
   return holder.content.firstElementChild;
 }
 
+// What the reader opened stays open in the fresh copy (a prompt, an artifact).
+function keepOpen(old, fresh) {
+  for (const details of old.querySelectorAll("details[id][open]")) {
+    const twin = fresh.querySelector(`details[id="${CSS.escape(details.id)}"]`);
+    if (twin) twin.open = true;
+  }
+}
+
 // Replace what `selector` finds with a fresh copy from `url`; `place(fresh)` puts a part that
-// is not on the page yet; a part that is gone is removed.
-async function swap(url, selector, place) {
+// is not on the page yet; a part that is gone is removed (and `gone()` says so).
+async function swap(url, selector, place, gone) {
   const fresh = await fetchPart(url);
   const old = document.querySelector(selector);
   if (fresh === null) {
     if (old) old.remove();
+    if (gone) gone();
     return;
   }
   enhance(fresh);
-  if (old) old.replaceWith(fresh);
-  else if (place) place(fresh);
+  if (old) {
+    keepOpen(old, fresh);
+    old.replaceWith(fresh);
+  } else if (place) {
+    place(fresh);
+  }
 }
 
 // Rows stay in id order (newest first in a timeline) whichever answer arrives first.
@@ -134,7 +147,8 @@ const refresh = {
     soon("toolbar", () => swap("/stacks/toolbar", "#stacks-toolbar"));
   },
   head(id) {
-    soon("head", () => swap(`/stacks/${id}/head`, "#stack-head"));
+    soon("head", () => swap(`/stacks/${id}/head`, "#stack-head", null,
+                            () => flash("This stack has been deleted.", true)));
   },
   extras(id) {
     soon("extras", () => swap(`/stacks/${id}/extras`, "#stack-extras"), 300);
