@@ -10,6 +10,10 @@ started in it; the simulated model runs in-process and its small cost is include
 With `--sim-url URL` the real SDK chain is used instead, pointed at a `tickwork sim-llm`
 server at URL (another process, so its CPU is not in the figure).
 
+With `--otel` every tick's trace is exported over OTLP/HTTP, to a sink on loopback in a
+process of its own (`load_tests.otlp_sink`: it decodes and counts the spans), or with
+`--otel URL` to the collector at URL; run with and without it to see what tracing costs a tick.
+
     python -m load_tests.engine --stacks 100 --duration 60 [--latency 1500,3000] [--json F]
 """
 
@@ -80,14 +84,16 @@ def _seed_stacks(rt: Runtime, n: int) -> None:
 
 
 async def _run(stacks: int, duration: float, latency: str, interval: int, db_url: str,
-               progress: bool, sim_url: str | None = None, stream: bool = True
-               ) -> dict[str, Any]:
+               progress: bool, sim_url: str | None = None, stream: bool = True,
+               otel: str | None = None) -> dict[str, Any]:
     settings = Settings(_env_file=None, database_url=db_url, tick_interval=interval,  # type: ignore[call-arg]
                         sim_latency_ms=latency, max_concurrent_ticks=max(1000, 2 * stacks),
                         admin_token=SecretStr("load-test"))
     env = {} if sim_url is None else {  # {}: the in-process simulated model
         "GROQ_API_KEY": "sim", "GROQ_BASE_URL": sim_url,
         "OPENAI_API_KEY": "sim", "OPENAI_BASE_URL": sim_url + "/v1"}
+    if otel is not None:  # every tick traced, exported over OTLP/HTTP to there
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otel
     rt = Runtime.build(settings, env=env)
     _seed_stacks(rt, stacks)
     samples: list[tuple[float, float]] = []  # (wall, process cpu) at each fire
@@ -172,6 +178,7 @@ async def _run(stacks: int, duration: float, latency: str, interval: int, db_url
     cpu = median(cpu_per_tick)
     return {
         "llm": "inprocess" if sim_url is None else "chain", "stacks": stacks,
+        "otel_endpoint": otel,
         "duration_s": duration, "interval_s": interval,
         "sim_latency_ms": latency, "slots": len(slots),
         "ticks_expected": stacks * len(slots), "ticks_started": len(started),
@@ -275,18 +282,25 @@ async def sdk_call_cpu_ms(settings: Settings, providers: list[str], sim_url: str
 
 def run_step(stacks: int, duration: float, latency: str = "1500,3000", interval: int = 10,
              progress: bool = True, sim_url: str | None = None, stream: bool = True,
-             database: str | None = None) -> dict[str, Any]:
+             database: str | None = None, otel: str | None = None) -> dict[str, Any]:
     """One step in one process: on a fresh SQLite file, or with `database` (a PostgreSQL
-    server URL) on a fresh database there."""
+    server URL) on a fresh database there. `otel`: export every tick's trace to that OTLP
+    endpoint, or "sink" for a sink on loopback (its spans counted in `otel_spans`)."""
+    if otel == "sink":
+        from load_tests.otlp_sink import running_sink, stats
+        with running_sink() as url:
+            result = run_step(stacks, duration, latency, interval, progress, sim_url, stream,
+                              database, url)
+            return {**result, "otel_spans": stats(url)["spans"]}
     if database is not None:
         from load_tests.fleet import fresh_database
         with fresh_database(database) as url:
             return asyncio.run(_run(stacks, duration, latency, interval, url, progress,
-                                    sim_url, stream))
+                                    sim_url, stream, otel))
     with tempfile.TemporaryDirectory(prefix="tickwork-load-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'load.db'}"
         return asyncio.run(_run(stacks, duration, latency, interval, url, progress, sim_url,
-                                stream))
+                                stream, otel))
 
 
 def main() -> None:
@@ -300,10 +314,14 @@ def main() -> None:
                         "there instead of a SQLite file")
     parser.add_argument("--no-stream", action="store_true",
                         help="no event-stream client (no propagation figure)")
+    parser.add_argument("--otel", nargs="?", const="sink", metavar="URL",
+                        help="export every tick's trace over OTLP/HTTP: to a sink on loopback "
+                        "(its own process), or to the collector at URL")
     parser.add_argument("--json", help="write the figures here ('-' for stdout)")
     args = parser.parse_args()
     result = run_step(args.stacks, args.duration, args.latency, args.interval,
-                      sim_url=args.sim_url, stream=not args.no_stream, database=args.database)
+                      sim_url=args.sim_url, stream=not args.no_stream, database=args.database,
+                      otel=args.otel)
     text = json.dumps(result, indent=2)
     if args.json == "-":
         print(text)

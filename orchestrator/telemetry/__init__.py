@@ -58,4 +58,4 @@ def open_tracing(env: Mapping[str, str]) -> Tracing:
     from orchestrator.telemetry.otel import OtelTracing, service_name
     capture = _set(env, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT").lower() == "true"
     return OtelTracing(OTLPSpanExporter(endpoint=endpoint), capture_content=capture,
-                       service_name=service_name(env))
+                       service_name=service_name(env), target=f"{endpoint} (OTLP/HTTP)")

@@ -169,10 +169,11 @@ class OtelTracing:
     enabled = True
 
     def __init__(self, exporter: SpanExporter, *, capture_content: bool = False,
-                 service_name: str = "tickwork") -> None:
+                 service_name: str = "tickwork", target: str = "an exporter") -> None:
         self._exporter = exporter
+        self.target = target
         self.capture_content = capture_content
-        self._service = service_name
+        self.service_name = service_name
         self._role: str | None = None
         self._process_id: str | None = None
         self._provider: TracerProvider | None = None
@@ -185,9 +186,11 @@ class OtelTracing:
             return
         self._role, self._process_id = role, process_id
         self._open()
+        log.info("each tick's trace goes to %s (service %s%s)", self.target, self.service_name,
+                 ", prompts and answers included" if self.capture_content else "")
 
     def _open(self) -> trace.Tracer:
-        attrs: dict[str, Any] = {"service.name": self._service, "service.version": version(),
+        attrs: dict[str, Any] = {"service.name": self.service_name, "service.version": version(),
                                  "host.name": socket.gethostname(), "process.pid": os.getpid()}
         if self._role is not None:
             attrs["tickwork.process.role"] = self._role
