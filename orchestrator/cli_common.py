@@ -253,12 +253,13 @@ def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
 
 
 def fmt_time(dt: datetime | None, *, short: bool = False) -> str:
-    """Local time; `short`: just the time of day for today's, no seconds for older ones."""
+    """Local time, with its zone; `short` (table cells): just the time of day for today's, no
+    seconds for older ones."""
     if dt is None:
         return "—"
     local = dt.astimezone()
     if not short:
-        return local.strftime("%Y-%m-%d %H:%M:%S")
+        return local.strftime("%Y-%m-%d %H:%M:%S %Z")
     if local.date() == datetime.now().astimezone().date():
         return local.strftime("%H:%M:%S")
     return local.strftime("%Y-%m-%d %H:%M")

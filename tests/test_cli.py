@@ -288,3 +288,15 @@ def test_db_upgrade_prints_the_revision(cli: Cli, db_url: str) -> None:
         assert current(database) == head()
     finally:
         database.close()
+
+
+def test_full_times_name_their_zone() -> None:
+    """The CLI prints local time, and says which zone it is (the dashboard shows the
+    browser's, named too)."""
+    from datetime import UTC, datetime
+
+    from orchestrator.cli_common import fmt_time
+
+    shown = fmt_time(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    zone = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).astimezone().strftime("%Z")
+    assert shown.endswith(f" {zone}") and zone
