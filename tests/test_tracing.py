@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -26,6 +27,7 @@ from agents.llm.sim import SimulatedLLM
 from agents.registry import DEFAULT_TEAM
 from orchestrator.runner import TickRunner
 from orchestrator.runtime import Runtime
+from orchestrator.telemetry import genai
 from orchestrator.telemetry.otel import OtelTracing
 from orchestrator.worker import Worker, WorkerConfig
 from schema import read
@@ -362,3 +364,19 @@ def test_a_retried_tick_links_to_the_attempt_before_it(db_url: str, clock: FakeC
         f"invoke_agent {n}" for n in DEFAULT_TEAM[1:]]
     # The row names the latest attempt's trace.
     assert row["trace_id"] == hex_trace(two)
+
+
+def test_a_trace_that_cannot_be_made_never_fails_the_tick(
+        db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(a: Attempt) -> dict[str, Any]:
+        raise ValueError("a bug in the span attributes")
+
+    monkeypatch.setattr(genai, "chat_attributes", broken)
+    with traced(db_url, clock, ScriptedLLM(clock)) as (rt, exporter):
+        sid = new_stack(rt.db, clock, "a")
+        asyncio.run(run_queued(rt))
+        (tick,) = ticks_of(rt.db, sid)
+        spans = finished(rt, exporter)
+    assert tick["status"] == "succeeded"
+    (root,) = roots(spans)  # the tick's own span still goes out, its steps left out
+    assert attrs(root)["tickwork.tick.status"] == "succeeded"

@@ -33,6 +33,7 @@ from agents.team import StepResult
 from orchestrator.fleet import version
 from orchestrator.store.abc import Claimed
 from orchestrator.telemetry import genai as g
+from orchestrator.telemetry.noop import NoopTickTrace
 
 log = logging.getLogger("tickwork.telemetry")
 
@@ -92,6 +93,13 @@ class OtelTickTrace:
 
     def step(self, index: int, result: StepResult, started_at: float, finished_at: float
              ) -> None:
+        try:
+            self._step(index, result, started_at, finished_at)
+        except Exception:  # a trace that cannot be made never fails the tick
+            log.exception("tick %s: step %s left out of its trace", self.tick.id, index)
+
+    def _step(self, index: int, result: StepResult, started_at: float, finished_at: float
+              ) -> None:
         attempts = result.attempts
         if not self._work_started:  # the first LLM request this attempt was about to send
             self._work_started = True
@@ -203,9 +211,13 @@ class OtelTracing:
         self._tracer = self._provider.get_tracer("tickwork", version())
         return self._tracer
 
-    def tick(self, tick: Claimed, now: float) -> OtelTickTrace:
-        tracer = self._tracer or self._open()
-        return OtelTickTrace(tracer, tick, now, self.capture_content)
+    def tick(self, tick: Claimed, now: float) -> OtelTickTrace | NoopTickTrace:
+        try:
+            tracer = self._tracer or self._open()
+            return OtelTickTrace(tracer, tick, now, self.capture_content)
+        except Exception:  # a trace that cannot be made never fails the tick
+            log.exception("tick %s: not traced", tick.id)
+            return NoopTickTrace(tick)
 
     def flush(self) -> None:
         if self._provider is not None:
