@@ -16,12 +16,14 @@ from sqlalchemy import Connection, select
 from agents.registry import DEFAULT_TEAM
 from dashboard.auth import Authenticator
 from dashboard.errors import responses
+from dashboard.params import optional_int
 from orchestrator import stacks
 from orchestrator.errors import NotFound
 from orchestrator.runtime import Runtime
 from schema import read
 from schema import tables as t
 from schema.models import (
+    INT64_MAX,
     ArtifactOut,
     BudgetUpdate,
     MemoryOut,
@@ -40,6 +42,9 @@ T = TypeVar("T")
 StackId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the stack's id")]
 TickId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the tick's id")]
 Limit = Annotated[int, Query(ge=1, le=500, description="how many, newest first")]
+Before = Annotated[int | None, optional_int(1, INT64_MAX), Query(
+    ge=1, le=INT64_MAX,
+    description="only ticks older than this tick id (the next page: the last id of this one)")]
 
 
 class Changed(BaseModel):
@@ -59,12 +64,21 @@ def _of_stack(conn: Connection, stack_id: int, fn: Callable[..., T], *args: obje
     return fn(conn, stack_id, *args)
 
 
+def _ticks(conn: Connection, stack_id: int, limit: int, before: int | None
+           ) -> list[TickSummary]:
+    if before is None:
+        return read.list_ticks(conn, stack_id, limit)
+    q = (select(t.ticks).where(t.ticks.c.stack_id == stack_id, t.ticks.c.id < before)
+         .order_by(t.ticks.c.id.desc()).limit(limit))
+    return [read.tick_summary(r) for r in conn.execute(q).mappings()]
+
+
 def router(rt: Runtime, auth: Authenticator) -> APIRouter:
     interval = rt.settings.tick_interval
     db = rt.store
     public = APIRouter(prefix="/api", tags=["stacks"])
     admin = APIRouter(prefix="/api", tags=["stacks"], route_class=auth.route_class(),
-                      dependencies=[auth.dependency], responses=responses(401))
+                      dependencies=[auth.dependency], responses=responses(401, 429))
 
     def agents() -> stacks.Agents:
         return stacks.Agents(rt.registry.names(), rt.settings.lease_s)
@@ -87,9 +101,10 @@ def router(rt: Runtime, auth: Authenticator) -> APIRouter:
         return await stack_out(stack_id)
 
     @public.get("/stacks/{stack_id}/ticks", responses=responses(404, 422))
-    async def list_ticks(stack_id: StackId, limit: Limit = 50) -> list[TickSummary]:
-        """The stack's most recent ticks, newest first."""
-        return await db.query(_of_stack, stack_id, read.list_ticks, limit)
+    async def list_ticks(stack_id: StackId, limit: Limit = 50, before: Before = None
+                         ) -> list[TickSummary]:
+        """The stack's most recent ticks, newest first; `before` pages back."""
+        return await db.query(_of_stack, stack_id, _ticks, limit, before)
 
     @public.get("/stacks/{stack_id}/memory", responses=responses(404, 422))
     async def memory(stack_id: StackId) -> list[MemoryOut]:

@@ -32,6 +32,7 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from dashboard.errors import responses
+from dashboard.params import optional_int
 from orchestrator.interfaces import Bus, Subscription
 from orchestrator.store.abc import Store
 from schema.events import TOPIC_EVENTS
@@ -256,10 +257,10 @@ def router(store: Store, tailer: EventTailer) -> APIRouter:
                    **responses(422)},
     )
     async def events(
-        after: Annotated[int | None, Query(ge=0, le=INT64_MAX,
-                                           description="resume after this event id")] = None,
-        last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0,
-                                                    le=INT64_MAX)] = None,
+        after: Annotated[int | None, optional_int(0, INT64_MAX), Query(
+            ge=0, le=INT64_MAX, description="resume after this event id")] = None,
+        last_event_id: Annotated[int | None, optional_int(0, INT64_MAX), Header(
+            alias="Last-Event-ID", ge=0, le=INT64_MAX)] = None,
     ) -> EventStreamResponse:
         """One shared stream of every change: stack.updated, tick.queued, tick.started,
         step.finished, tick.finished. `Last-Event-ID` (sent by browsers on reconnect) takes

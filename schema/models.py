@@ -7,14 +7,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, overload
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    WithJsonSchema,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 ExecutionState = Literal["running", "paused", "completed", "failed"]
 TickStatus = Literal[
@@ -45,14 +38,18 @@ AGENT_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,99}$")
 # The API's document states the rules the validators below enforce (their messages are ours).
 AgentName = Annotated[str, WithJsonSchema({"type": "string", "pattern": AGENT_NAME.pattern})]
 NO_CONTROL = r"^[^\u0000-\u001f\u007f]*$"
+NO_NUL = r"^[^\u0000]*$"  # free text: any character but NUL, which no text column can hold
 
 
-def _whole(value: Any) -> Any:
+def no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def whole(value: Any) -> Any:
+    """An integer as JSON Schema has it: 20 or 20.0 (never "20" or true)."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-# An integer as JSON Schema has it: 20 or 20.0, never "20" or true.
-WholeNumber = Annotated[int, BeforeValidator(_whole)]
 
 
 @overload
@@ -76,12 +73,15 @@ class _In(BaseModel):
 
 class StackCreate(_In):
     name: str = Field(min_length=1, max_length=200, json_schema_extra={"pattern": NO_CONTROL})
-    goal: str = Field(default="", max_length=4000)
-    interval_s: WholeNumber | None = Field(default=None, ge=1, le=86_400)
+    goal: str = Field(default="", max_length=4000, json_schema_extra={"pattern": NO_NUL})
+    interval_s: int | None = Field(default=None, ge=1, le=86_400)
     team: list[AgentName] | None = Field(default=None, min_length=1, max_length=20)
     paused: bool = False
-    budget_tokens_per_day: WholeNumber | None = Field(default=None, ge=1, le=INT32_MAX)
+    budget_tokens_per_day: int | None = Field(default=None, ge=1, le=INT32_MAX)
     budget_usd_per_day: float | None = Field(default=None, gt=0, le=USD_MAX)
+
+    _whole = field_validator("interval_s", "budget_tokens_per_day", mode="before")(whole)
+    _goal = field_validator("goal")(no_nul)
 
     @field_validator("name")
     @classmethod
@@ -119,12 +119,17 @@ class TeamUpdate(_In):
 class BudgetUpdate(_In):
     """A stack's daily budget; null removes that limit."""
 
-    tokens_per_day: WholeNumber | None = Field(default=None, ge=1, le=INT32_MAX)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=INT32_MAX)
     usd_per_day: float | None = Field(default=None, gt=0, le=USD_MAX)
+
+    _whole = field_validator("tokens_per_day", mode="before")(whole)
 
 
 class PauseRequest(_In):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(default=None, max_length=500,
+                               json_schema_extra={"pattern": NO_NUL})
+
+    _reason = field_validator("reason")(no_nul)
 
 
 class _Out(BaseModel):
