@@ -89,3 +89,10 @@ def test_without_an_endpoint_the_sdk_is_never_loaded(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False []"
+
+
+def test_the_batch_processor_is_sized_for_a_fleet_unless_the_variables_say_otherwise() -> None:
+    from orchestrator.telemetry import batching
+
+    assert batching({})["max_queue_size"] >= 32_768  # the SDK's 2,048 drop spans at 1,000 stacks
+    assert "max_queue_size" not in batching({"OTEL_BSP_MAX_QUEUE_SIZE": "100"})

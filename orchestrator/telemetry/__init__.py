@@ -8,7 +8,9 @@ for it: `open_tracing(environ)` gives the process's `Tracing`, `NoopTracing` whe
     OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true   prompts and answers in the spans
 
 The exporter reads the rest of its standard variables itself (headers, timeout, compression,
-certificates; OTEL_BSP_* for the batch processor, OTEL_TRACES_SAMPLER for sampling).
+certificates; OTEL_TRACES_SAMPLER for sampling). The batch processor's OTEL_BSP_* are honoured
+when set; unset, tickwork sizes it for a fleet's stream (the SDK's own defaults — 2,048 spans
+queued, a batch every 5 s — drop spans at 1,000 stacks, ~900 spans a second).
 """
 
 from __future__ import annotations
@@ -58,4 +60,16 @@ def open_tracing(env: Mapping[str, str]) -> Tracing:
     from orchestrator.telemetry.otel import OtelTracing, service_name
     capture = _set(env, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT").lower() == "true"
     return OtelTracing(OTLPSpanExporter(endpoint=endpoint), capture_content=capture,
-                       service_name=service_name(env), target=f"{endpoint} (OTLP/HTTP)")
+                       service_name=service_name(env), target=f"{endpoint} (OTLP/HTTP)",
+                       batching=batching(env))
+
+
+BATCHING = {"max_queue_size": ("OTEL_BSP_MAX_QUEUE_SIZE", 65_536),
+            "schedule_delay_millis": ("OTEL_BSP_SCHEDULE_DELAY", 1_000),
+            "max_export_batch_size": ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 4_096)}
+
+
+def batching(env: Mapping[str, str]) -> dict[str, int]:
+    """The batch processor's sizes tickwork picks where the OTEL_BSP_* variable is unset (a set
+    one is left to the SDK, which reads it itself)."""
+    return {arg: default for arg, (var, default) in BATCHING.items() if not _set(env, var)}

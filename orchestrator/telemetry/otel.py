@@ -177,8 +177,10 @@ class OtelTracing:
     enabled = True
 
     def __init__(self, exporter: SpanExporter, *, capture_content: bool = False,
-                 service_name: str = "tickwork", target: str = "an exporter") -> None:
+                 service_name: str = "tickwork", target: str = "an exporter",
+                 batching: Mapping[str, int] | None = None) -> None:
         self._exporter = exporter
+        self._batching = dict(batching or {})
         self.target = target
         self.capture_content = capture_content
         self.service_name = service_name
@@ -207,7 +209,11 @@ class OtelTracing:
         # OTEL_RESOURCE_ATTRIBUTES is merged in by Resource.create; ours win.
         self._provider = TracerProvider(resource=Resource.create(attrs),
                                         shutdown_on_exit=False)
-        self._provider.add_span_processor(BatchSpanProcessor(self._exporter))
+        b = self._batching
+        self._provider.add_span_processor(BatchSpanProcessor(
+            self._exporter, max_queue_size=b.get("max_queue_size"),
+            schedule_delay_millis=b.get("schedule_delay_millis"),
+            max_export_batch_size=b.get("max_export_batch_size")))
         self._tracer = self._provider.get_tracer("tickwork", version())
         return self._tracer
 
