@@ -31,6 +31,23 @@ def schema_url(schema: str) -> str:
 
 
 @pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database of its own (dropped after)."""
+    need("postgres")
+    name = f"tw_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(normalise_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL schema (the tests here are about PostgreSQL's locks)."""
     need("postgres")

@@ -7,7 +7,6 @@ back without using an attempt.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,30 +16,15 @@ from sqlalchemy import create_engine, text
 
 from orchestrator.store.reasons import REASON_RELEASED
 from schema.db import normalise_url
+from tests.pg_helpers import pg_database
 from tests.procs import Proc, Procs, poll, procs_fixture
-from tests.services import POSTGRES_URL, need
+
+__all__ = ["pg_database"]  # a fixture, shared with the other fleet tests
 
 TOKEN = "fleet-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LEASE_S = 3.0
 STACKS = 8
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database of its own (dropped after)."""
-    need("postgres")
-    name = f"tw_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalise_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    base, _, _ = POSTGRES_URL.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 @pytest.fixture

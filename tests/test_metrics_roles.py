@@ -9,40 +9,20 @@ from __future__ import annotations
 
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
-from schema.db import normalise_url
 from tests.cli_helpers import Cli, clean_env
+from tests.pg_helpers import pg_database
 from tests.procs import Proc, Procs, free_port, poll, procs_fixture
-from tests.services import POSTGRES_URL, need
 from tests.test_metrics import PROMETHEUS_ACCEPT, Family, parse
 
-__all__ = ["clean_env"]  # a fixture
+__all__ = ["clean_env", "pg_database"]  # fixtures
 
 TOKEN = "metrics-token"
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database of its own (dropped after)."""
-    need("postgres")
-    name = f"tw_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalise_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    base, _, _ = POSTGRES_URL.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 @pytest.fixture
