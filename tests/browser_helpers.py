@@ -30,9 +30,11 @@ def chromium() -> Iterator[Browser]:
 
 
 @contextmanager
-def context(browser: Browser, server: LiveServer, **options: Any) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 800},
-                              **options)
+def context(browser: Browser, server: LiveServer | str, **options: Any
+            ) -> Iterator[BrowserContext]:
+    """A fresh context on `server` (a live server, or a dashboard's URL)."""
+    url = server if isinstance(server, str) else server.url
+    ctx = browser.new_context(base_url=url, viewport={"width": 1280, "height": 800}, **options)
     ctx.set_default_timeout(DEADLINE_MS)
     try:
         yield ctx

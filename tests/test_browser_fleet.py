@@ -14,20 +14,20 @@ from typing import Any
 
 import pytest
 
-from tests.live_server import CHROMIUM_ARGS
 from tests.procs import Procs, poll, procs_fixture
 from tests.redis_helpers import PrivateRedis, private_redis
-from tests.services import CHROMIUM, need, required
+from tests.services import need, required
 from tests.test_fleet import TOKEN, pg_database
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 __all__ = ["pg_database", "private_redis"]  # fixtures
 
 BLINK_MS = 1_500  # a change in one process, seen in a browser of another
-DEADLINE_MS = 15_000
 
 try:
-    from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Locator, Page, expect
+
+    from tests.browser_helpers import DEADLINE_MS, chromium, context
 except ImportError:  # pragma: no cover - depends on the machine
     if required():
         raise
@@ -45,18 +45,8 @@ def procs(tmp_path: Any, pg_database: str, private_redis: PrivateRedis) -> Itera
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-def _page(browser: Browser, url: str) -> tuple[BrowserContext, Page]:
-    context = browser.new_context(base_url=url, viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(DEADLINE_MS)
-    return context, context.new_page()
+    with chromium() as found:
+        yield found
 
 
 def _row(page: Page, name: str) -> Locator:
@@ -69,9 +59,8 @@ def test_two_dashboards_one_fleet(procs: Procs, browser: Browser,
     procs.start("beat")
     procs.start("worker")
     one, two = procs.start("dashboard"), procs.start("dashboard")
-    ctx_a, a = _page(browser, one.url)
-    ctx_b, b = _page(browser, two.url)
-    try:
+    with context(browser, one.url) as ctx_a, context(browser, two.url) as ctx_b:
+        a, b = ctx_a.new_page(), ctx_b.new_page()
         a.goto("/")
         a.fill('form.signin input[name="token"]', TOKEN)
         a.click('form.signin button[type="submit"]')
@@ -107,6 +96,3 @@ def test_two_dashboards_one_fleet(procs: Procs, browser: Browser,
         private_redis.start()
         expect(b.locator("#system .wakeups")).to_have_text(  # without a reload
             "redis", timeout=DEADLINE_MS)
-    finally:
-        ctx_a.close()
-        ctx_b.close()
