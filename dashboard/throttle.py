@@ -19,14 +19,22 @@ X-Forwarded-For only when the proxy's own address is in FORWARDED_ALLOW_IPS (see
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 import orjson
+import redis
 from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter as SharedLimiter
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schema.clock import Clock
@@ -39,6 +47,17 @@ SIGN_IN_PATH = "/session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def _shared_limiter(url: str, prefix: str) -> SharedLimiter:
+    """The moving window in Redis. redis-py's blocking client, asked from a worker thread (like
+    the sessions' one, it closes its sockets when dropped; the event loop never waits on it),
+    briefly: a Redis away is a failed call at once, not retries."""
+    pool = redis.ConnectionPool.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25,
+                                         retry=Retry(NoBackoff(), 0))
+    scheme_url = url if url.startswith("redis") else "redis+unix://"
+    return SharedLimiter(RedisStorage(scheme_url, connection_pool=pool,
+                                      key_prefix=f"{prefix}throttle"))
+
+
 class FailureThrottle:
     """How many credential failures each address had in the last `window_s` seconds."""
 
@@ -49,12 +68,7 @@ class FailureThrottle:
         self._clock = clock
         self._item: RateLimitItem = RateLimitItemPerSecond(failures, window_s)
         self._local = MovingWindowRateLimiter(MemoryStorage())
-        self._shared: MovingWindowRateLimiter | None = None
-        if redis_url:
-            storage = RedisStorage(f"async+{redis_url}", implementation="redispy",
-                                   key_prefix=f"{prefix}throttle", socket_timeout=0.25,
-                                   socket_connect_timeout=0.25)
-            self._shared = MovingWindowRateLimiter(storage)
+        self._shared = _shared_limiter(redis_url, prefix) if redis_url else None
         self._away_until = 0.0  # on the clock's monotonic time
 
     @property
@@ -65,51 +79,41 @@ class FailureThrottle:
     def window_s(self) -> int:
         return self._item.get_expiry()
 
-    def _limiter(self) -> MovingWindowRateLimiter:
-        if self._shared is not None and self._clock.monotonic() >= self._away_until:
-            return self._shared
-        return self._local
-
-    def _redis_away(self, exc: Exception) -> None:
-        if self._away_until <= self._clock.monotonic():
-            log.warning("Redis did not answer the sign-in throttle (%s); counting failed "
-                        "sign-ins in this process for now", type(exc).__name__)
-        self._away_until = self._clock.monotonic() + self.RETRY_S
+    async def _shared_call(self, call: Callable[[SharedLimiter], Any]) -> Any:
+        """`call(shared limiter)` in a worker thread; raises LookupError while there is no
+        Redis to ask (none configured, or away since a failed call less than RETRY_S ago)."""
+        shared = self._shared
+        if shared is None or self._clock.monotonic() < self._away_until:
+            raise LookupError("no shared counts")
+        try:
+            return await asyncio.to_thread(call, shared)
+        except Exception as exc:
+            if self._away_until <= self._clock.monotonic():
+                log.warning("Redis did not answer the sign-in throttle (%s); counting failed "
+                            "sign-ins in this process for now", type(exc).__name__)
+            self._away_until = self._clock.monotonic() + self.RETRY_S
+            raise LookupError("Redis away") from exc
 
     async def retry_after(self, address: str) -> int | None:
         """Seconds until `address` may try again, or None while it may."""
-        limiter = self._limiter()
         try:
-            reset_at, remaining = await limiter.get_window_stats(self._item, address)
-        except Exception as exc:
-            if limiter is self._local:
-                raise
-            self._redis_away(exc)
-            return await self.retry_after(address)
+            reset_at, remaining = await self._shared_call(
+                lambda shared: shared.get_window_stats(self._item, address))
+        except LookupError:
+            reset_at, remaining = await self._local.get_window_stats(self._item, address)
         if remaining > 0:
             return None
         return max(1, math.ceil(reset_at - time.time()))
 
     async def failed(self, address: str) -> None:
         """Count one failure of `address`."""
-        limiter = self._limiter()
         try:
-            await limiter.hit(self._item, address)
-        except Exception as exc:
-            if limiter is self._local:
-                raise
-            self._redis_away(exc)
-            await self.failed(address)
-            return
+            await self._shared_call(lambda shared: shared.hit(self._item, address))
+        except LookupError:
+            await self._local.hit(self._item, address)
         if await self.retry_after(address) is not None:
             log.warning("%d failed sign-ins from %s within %d s: its attempts are refused "
                         "until they are older", self.failures, address, self.window_s)
-
-    async def forget(self, address: str) -> None:
-        """Clear `address`'s failures (tests)."""
-        await self._local.clear(self._item, address)
-        if self._shared is not None:
-            await self._shared.clear(self._item, address)
 
 
 def _is_attempt(scope: Scope) -> bool:
