@@ -164,7 +164,8 @@ def install(app: FastAPI) -> None:
             if documented is not None:  # else the route's own answer (the pages, sign-in)
                 headers["Allow"] = documented
         elif exc.status_code == 400 and exc.detail == _UNREADABLE_BODY:
-            reason = "not UTF-8 text"
+            reason = ("not UTF-8 text" if isinstance(exc.__cause__, UnicodeDecodeError)
+                      else "unreadable")
             return _json(422, {"error": f"malformed JSON in request body: {reason}",
                                "detail": [{"field": "body", "message": reason}]})
         else:
