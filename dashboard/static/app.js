@@ -291,6 +291,8 @@ if (createForm) {
 // -- the event stream --------------------------------------------------------------------------
 
 function onEvent(kind, data) {
+  // Other scripts of the page (the charts) follow the same stream through this DOM event.
+  document.dispatchEvent(new CustomEvent("tickwork:event", {detail: {kind, data}}));
   // stack.updated carries the stack (its id is `id`); the others carry `stack_id`.
   const stackId = kind === "stack.updated" ? data.id : data.stack_id;
   const ticking = kind.startsWith("tick.");
