@@ -45,7 +45,10 @@ HEADERS: list[tuple[bytes, bytes]] = [
     (b"referrer-policy", b"same-origin"),
     (b"x-content-type-options", b"nosniff"),
 ]
-_OURS = frozenset(name for name, _ in HEADERS)
+# Over HTTPS, browsers are told to come back only over HTTPS (a year; not for subdomains,
+# which may be other services).
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+_OURS = frozenset(name for name, _ in [*HEADERS, HSTS])
 
 
 def secure_cookie(value: bytes) -> bytes:
@@ -55,7 +58,8 @@ def secure_cookie(value: bytes) -> bytes:
 
 
 class SecureResponses:
-    """ASGI middleware: the security headers on every response; Secure cookies over HTTPS."""
+    """ASGI middleware: the security headers on every response; Secure cookies and
+    Strict-Transport-Security over HTTPS."""
 
     def __init__(self, app: ASGIApp, *, https: bool) -> None:
         self.app = app
@@ -71,10 +75,12 @@ class SecureResponses:
             if message["type"] == "http.response.start":
                 headers = [(name, value) for name, value in message.get("headers", [])
                            if name.lower() not in _OURS]
+                ours = HEADERS
                 if secure:
                     headers = [(name, secure_cookie(value) if name.lower() == b"set-cookie"
                                 else value) for name, value in headers]
-                message = {**message, "headers": [*headers, *HEADERS]}
+                    ours = [*HEADERS, HSTS]
+                message = {**message, "headers": [*headers, *ours]}
             await send(message)
 
         await self.app(scope, receive, hardened_send)

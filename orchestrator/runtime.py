@@ -87,7 +87,7 @@ class Runtime:
     retention: Retention
     beat: Beat
     membership: Membership
-    admin_token: str
+    admin_token: str = field(repr=False)  # never printed
     stats: Stats = field(default_factory=Stats)
     tracing: Tracing = field(default_factory=NoopTracing)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)

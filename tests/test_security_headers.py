@@ -130,6 +130,7 @@ def test_over_plain_http_the_session_cookie_is_not_secure(rt: Runtime) -> None:
         async with client_of(create_app(rt)) as client:
             cookie = sign_in_cookie(await client.post("/session",
                                                       json={"token": "test-token"}))
+            assert "strict-transport-security" not in (await client.get("/")).headers
         assert "secure" not in attributes(cookie)
         assert {"httponly", "samesite", "path"} <= attributes(cookie)
 
@@ -142,6 +143,9 @@ def test_a_request_over_https_gets_a_secure_cookie(rt: Runtime) -> None:
             cookie = sign_in_cookie(await client.post("/session",
                                                       json={"token": "test-token"}))
             assert {"secure", "httponly", "samesite"} <= attributes(cookie)
+            # ...and the browser is told to come back over https only.
+            page = await client.get("/")
+            assert page.headers["strict-transport-security"] == "max-age=31536000"
             csrf = (await client.post("/session", json={"token": "test-token"})
                     ).json()["csrf_token"]
             # The browser sends it back over https: the session works.
