@@ -31,6 +31,7 @@
   const zone = (new Intl.DateTimeFormat(undefined, {timeZoneName: "short"}).formatToParts(
     new Date()).find((p) => p.type === "timeZoneName") || {value: "local"}).value;
   const int = new Intl.NumberFormat(undefined, {maximumFractionDigits: 0});
+  const compact = new Intl.NumberFormat(undefined, {notation: "compact"});
   const dec = (digits) => new Intl.NumberFormat(undefined, {minimumFractionDigits: digits,
                                                             maximumFractionDigits: digits});
   const ms1 = dec(1), two = dec(2), usd4 = dec(4);
@@ -75,9 +76,12 @@
     }};
   }
   const timeSeries = (label) => ({label, value: (u, ts) => at(fullTime)(ts)});
+  // Wide enough for its longest number (11 px digits are about 6.5 px wide).
+  const fit = (u, values) => 16 + 6.5 * Math.max(3, ...(values || []).map((v) => v.length));
   function valueAxis(label, extra) {
-    return {...axis, label, labelSize: 18, size: 56, ...extra};
+    return {...axis, label, labelSize: 18, size: fit, ...extra};
   }
+  const counts = (u, splits) => splits.map((v) => compact.format(v));
   function line(label, stroke, format, extra) {
     return {label, stroke, width: 2, value: (u, v) => format(v), spanGaps: false,
             points: {show: true, size: 5, fill: stroke}, ...extra};
@@ -152,7 +156,7 @@
           value: (u, v, si, idx) => idx == null ? "–" : fmt.n(own(si, idx)),
         }))];
       },
-      axes: () => [timeAxis(`time (${zone})`), valueAxis("calls per minute")],
+      axes: () => [timeAxis(`time (${zone})`), valueAxis("calls per minute", {values: counts})],
       x: {range: padded(30)},
       data(b, chart) {
         chart.layers = callLayers(b);
@@ -194,7 +198,7 @@
                      line("cost", COLORS.cost, fmt.usd, {scale: "usd"})],
       axes: () => [{...axis, label: "day (UTC)", labelSize: 18,
                     values: (u, splits) => splits.map(at(utcDay))},
-                   valueAxis("tokens", {scale: "tokens"}),
+                   valueAxis("tokens", {scale: "tokens", values: counts}),
                    valueAxis("US dollars", {scale: "usd", side: 1, grid: {show: false},
                                             values: (u, splits) => splits.map((v) => `$${v}`)})],
       x: {range: padded(43200)},
