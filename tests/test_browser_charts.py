@@ -154,3 +154,32 @@ def test_the_stack_charts_are_drawn_and_follow_its_ticks(page: Page, stack_id: i
     drawn = series(page, "[h.charts.durations.data[0], h.latest.ticks.t]")
     assert isinstance(drawn, list) and drawn[0] == drawn[1]
 
+
+
+def test_llm_calls_are_stacked_and_a_hidden_outcome_leaves_the_stack(page: Page) -> None:
+    """Two providers' calls (as the API would give them) drawn as one stack per minute; the
+    legend gives each layer's own count; hiding a layer in the legend restacks the others."""
+    now = time.time()
+    first = (now // 60 - 2) * 60
+    body = {"now": now, "step_s": 60, "t": [first, first + 60, first + 120],
+            "lateness_p50_ms": [None] * 3, "lateness_p99_ms": [None] * 3,
+            "lateness_samples": [0] * 3, "ticks_finished": [0] * 3, "ticks_per_s": [0.0] * 3,
+            "llm_calls": [
+                {"provider": "groq", "outcome": "ok", "calls": [1, 2, 3]},
+                {"provider": "groq", "outcome": "rate_limited", "calls": [1, 0, 0]},
+                {"provider": "openai", "outcome": "fallback", "calls": [0, 4, 1]}]}
+    page.route("**/api/system/series*", lambda route: route.fulfill(json=body))
+    page.goto("/system")
+    assert_drawn(page, "calls")
+    labels = series(page, "h.charts.calls.series.slice(1).map(s => s.label)")
+    assert labels == ["openai fallback", "groq rate limited (429)", "groq ok"]  # top first
+    assert series(page, "h.charts.calls.data.slice(1)") == [[2, 6, 4], [2, 2, 3], [1, 2, 3]]
+    own = series(page, "h.charts.calls.series.slice(1).map((s, i) => "
+                       "s.value(h.charts.calls, null, i + 1, 1))")
+    assert own == ["4", "0", "2"]
+    expect(page.locator("#chart-calls .chart-summary")).to_have_text(
+        "12 calls in the window: groq ok 6, groq rate limited (429) 1, openai fallback 5.")
+    page.locator("#chart-calls .u-legend .u-series", has_text="rate limited").click()
+    page.wait_for_function(
+        "() => window.tickworkCharts.charts.calls.data[1].join() === '1,6,4'")
+    assert series(page, "h.charts.calls.data.slice(1)") == [[1, 6, 4], [None] * 3, [1, 2, 3]]

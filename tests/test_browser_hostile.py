@@ -87,7 +87,11 @@ def shows_only_text(page: Page, *texts: str) -> None:
     for text in texts:
         expect(page.get_by_text(text).first).to_be_visible()
     assert page.locator("img").count() == 0
-    assert page.evaluate("document.scripts.length") == 1  # /static/app.js alone
+    # the page's own scripts alone (the System and Stack pages' charts among them)
+    scripts = page.evaluate("Array.from(document.scripts, s => s.getAttribute('src'))")
+    assert "/static/app.js" in scripts
+    assert set(scripts) <= {"/static/app.js", "/static/vendor/uPlot.iife.min.js",
+                            "/static/charts.js"}
     assert page.locator("main script, main [onerror]").count() == 0
 
 
