@@ -31,7 +31,7 @@ NUMBERS = ("ticks_expected", "ticks_started", "ticks_succeeded", "ticks_skipped"
            "postgres_cpu_ms_per_tick", "sim_cpu_ms_per_tick", "longest_lock_wait_ms",
            "duration_s")
 SUMMARIES = ("lateness_ms", "claim_lateness_ms", "tick_duration_ms", "propagation_ms")
-MAPPINGS = ("cpu_ms_per_tick_by_process",)
+MAPPINGS = ("cpu_ms_per_tick_by_process", "served_by_provider")
 EMBEDDED = "1 process on SQLite"
 AGENTS_PER_STACK = 4
 CALLS_PER_TICK = 4  # a stack's tick: four agents, one model call each
@@ -73,6 +73,28 @@ def nominal_tick_ms(latency: str | None, draws: int = 20_000) -> float | None:
     rng = random.Random(20_000)
     sums = [sum(dist.sample_s(rng) for _ in range(CALLS_PER_TICK)) for _ in range(draws)]
     return statistics.median(sums) * 1000
+
+
+def served_by_provider(run: Run) -> dict[str, float] | None:
+    """The calls each provider answered: the engine counts them, the fleet counts its attempts
+    by outcome ("ok" is served)."""
+    if run.get("served_by_provider"):
+        return dict(run["served_by_provider"])
+    if run.get("llm_calls_by_provider"):
+        return {p: float(n) for p, n in run["llm_calls_by_provider"].items()}
+    attempts = run.get("llm_attempts_by_provider")
+    if attempts:
+        return {p: float(by.get("ok", 0)) for p, by in attempts.items()}
+    return None
+
+
+def providers(row: Run) -> str:
+    """Each provider's share of the calls served: "groq 0.1 % openai 99.9 %"."""
+    served = row.get("served_by_provider") or served_by_provider(row)
+    total = sum(served.values()) if served else 0
+    if not served or not total:
+        return "–"
+    return " ".join(f"{p} {n / total:.1%}".replace("%", " %") for p, n in sorted(served.items()))
 
 
 def started_share(run: Run) -> float:
@@ -310,7 +332,8 @@ def medians(runs: Sequence[Run]) -> list[Run]:
             row[key] = ({k: _median([p.get(k) for p in parts]) for k in parts[0]}
                         if parts else None)
         for key in MAPPINGS:
-            maps = [g[key] for g in group if g.get(key)]
+            maps = [m for g in group if (m := served_by_provider(g) if key ==
+                                          "served_by_provider" else g.get(key))]
             row[key] = ({k: _median([m.get(k) for m in maps]) for k in maps[0]}
                         if maps else None)
         row["nominal_tick_ms"] = nominal_tick_ms(row["sim_latency_ms"])
@@ -365,17 +388,18 @@ def cells(row: Run) -> list[str]:
 
 
 # The rest, in the Markdown's second table.
-MORE_COLUMNS = ("step", "stacks", "runs", "expected", "started", "busy skips", "other skips",
-                "failed", "late max", "claim p50", "tick p99 s", "nominal s", "prop p50",
-                "prop p99", "PG ms/tick", "sim ms/tick", "cores used", "rows/s", "RSS MB",
-                "calls/s", "fallbacks")
+MORE_COLUMNS = ("step", "stacks", "runs", "step s", "expected", "started", "busy skips",
+                "other skips", "failed", "late max", "claim p50", "tick p99 s", "nominal s",
+                "prop p50", "prop p99", "PG ms/tick", "sim ms/tick", "cores used", "rows/s",
+                "RSS MB", "calls/s", "fallbacks", "served by")
 
 
 def more_cells(row: Run) -> list[str]:
     skipped, busy = row.get("ticks_skipped"), row.get("ticks_skipped_busy")
     used = row.get("cores") or cores(row)
     return [series(row), f"{int(row['stacks']):,}", str(row.get("repeats", 1)),
-            _fmt(row.get("ticks_expected"), 0), _fmt(row.get("ticks_started"), 0),
+            _fmt(row.get("duration_s"), 0), _fmt(row.get("ticks_expected"), 0),
+            _fmt(row.get("ticks_started"), 0),
             _fmt(busy, 0), _fmt(None if skipped is None or busy is None else skipped - busy, 0),
             _fmt(row.get("ticks_failed"), 0), _ms(metric(row, "lateness_max")),
             _ms(metric(row, "claim_p50")), _seconds(metric(row, "tick_p99")),
@@ -384,7 +408,7 @@ def more_cells(row: Run) -> list[str]:
             _fmt(row.get("postgres_cpu_ms_per_tick"), 2), _fmt(row.get("sim_cpu_ms_per_tick"), 2),
             _fmt(sum(used.values()) if used else None, 2), _fmt(row.get("db_rows_per_s"), 0),
             _fmt(row.get("rss_mb"), 0), _fmt(row.get("llm_calls_per_s")),
-            _fmt(row.get("fallbacks"), 0)]
+            _fmt(row.get("fallbacks"), 0), providers(row)]
 
 
 def _table(columns: Sequence[str], rows: Iterable[list[str]]) -> list[str]:
@@ -425,7 +449,8 @@ def markdown(report: Run, command: str) -> str:
               + (", ".join(f"{n / 1000:.2f} s" for n in nominal) or "not known") + "). PG: "
               "PostgreSQL's server CPU a tick (fleet); sim: the simulator's, where measured. "
               "Cores used: tickwork's, PostgreSQL's and the simulator's CPU a tick × ticks "
-              "started a second.", "", "## Targets", ""]
+              "started a second. Step s: each run's length. Served by: each provider's share "
+              "of the calls answered.", "", "## Targets", ""]
     checks = check(rows)
     lines += [f"- {c.line()}" for c in checks] or ["- no step of these runs has a target"]
     return "\n".join(lines) + "\n"

@@ -281,3 +281,18 @@ def test_saved_reports_are_rendered_again(tmp_path: Path) -> None:
     assert "on 2 CPUs" in text and "From the runs in redis-100-run1.json" in text
     assert "| fleet+redis inproc | 1,000 | 91.0% (1,611) | 233 | 724 | 392 |" in text
     assert (tmp_path / "fleet" / "lateness.png").exists()
+
+
+def test_more_figures_name_each_runs_length_and_who_served_the_calls() -> None:
+    fleet = {**_run("chain", 1000, fleet="redis", cpu=4.5), "duration_s": 90.0,
+             "llm_attempts_by_provider": {"groq": {"ok": 10, "skipped_rate_limit": 990},
+                                          "openai": {"ok": 990}}}
+    embedded = {**_run("chain", 100, cpu=9.0), "llm_calls_by_provider": {"groq": 3, "openai": 1}}
+    rows = report.medians([fleet, embedded])
+    assert report.providers(_row(rows, "fleet+redis chain", 1000)) == "groq 1.0 % openai 99.0 %"
+    assert report.providers(_row(rows, "embedded chain", 100)) == "groq 75.0 % openai 25.0 %"
+    assert report.providers(_row(report.medians(RUNS), "embedded inprocess", 1000)) == "–"
+    text = report.markdown({"runs": [fleet, embedded]}, "")
+    assert "| runs | step s |" in text
+    assert "| fleet+redis chain | 1,000 | 1 | 90 |" in text
+    assert text.count("groq 75.0 % openai 25.0 % |") == 1
