@@ -122,10 +122,10 @@ async def overhead_run(sim: SimServer, base: str, calls: int, request: LLMReques
     groq_member = chain_a.providers[0]
     try:
         for _ in range(50):
-            if groq_member.breaker.state == "open":
+            if groq_member.breaker.snapshot().state == "open":
                 break
             await chain_a.llm.complete(request)
-        if groq_member.breaker.state != "open":
+        if groq_member.breaker.snapshot().state != "open":
             raise RuntimeError("groq's breaker did not open")
         for _ in range(WARMUP):
             await chain_a.llm.complete(request)

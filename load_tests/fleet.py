@@ -244,7 +244,7 @@ def _propagation(engine: Engine, seen: list[tuple[int, float]], began: float,
     if not seen:
         return []
     with engine.connect() as conn:
-        stamped = dict(conn.execute(text(
+        stamped: dict[int, float] = dict(conn.execute(text(
             "SELECT id, created_at FROM events WHERE created_at >= :b AND created_at < :e"),
             {"b": began, "e": ended}).all())
     return [(arrived - stamped[i]) * 1000 for i, arrived in seen if i in stamped]
