@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from load_tests.report import (
+from load_tests.report import cores
+from load_tests.targets import (
     AGENTS_PER_STACK,
     TARGETS,
     Run,
     Target,
-    cores,
     metric,
     nominal_tick_ms,
     series,
